@@ -1,0 +1,72 @@
+"""Trial configuration: what one trial builds (victim, defense, service, attacks, benign client).
+
+A trial config is plain data (a dict from YAML or from Ray Tune) parsed into typed dataclasses by
+`trial_config(data)`, which reports every invalid field with its path before anything starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from workloads.attacks import AttackConfig
+from workloads.config import ConfigError, parse, positive
+from workloads.defenses import DefenseConfig
+from workloads.victims import VictimConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceConfig:
+    """The VictimService actor: dynamic batching, input limits and resources."""
+
+    max_batch: int = 2048          # images per forward pass, across clients
+    max_wait_ms: float = 2.0       # how long the batcher waits to fill a batch
+    max_request: int = 4096        # largest batch one client may send
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0          # fractional GPUs allowed; 0 on CPU-only clusters
+
+    def __post_init__(self):
+        positive("max_batch", self.max_batch)
+        positive("max_request", self.max_request)
+        if self.max_wait_ms < 0:
+            raise ConfigError(f"max_wait_ms: expected >= 0, got {self.max_wait_ms!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerResources:
+    """Resources each attacker worker / benign client actor asks for."""
+
+    num_cpus: float = 0.25
+    num_gpus: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class BenignConfig:
+    """The benign client that streams the test set through the defended API to measure utility."""
+
+    batch: int = 256
+
+    def __post_init__(self):
+        positive("batch", self.batch)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialConfig:
+    victim: VictimConfig = VictimConfig()
+    defense: DefenseConfig = DefenseConfig()
+    attacks: list[AttackConfig] = dataclasses.field(default_factory=lambda: [AttackConfig()])
+    service: ServiceConfig = ServiceConfig()
+    workers: WorkerResources = WorkerResources()
+    benign: BenignConfig = BenignConfig()
+    cache_dir: str | None = None   # victim cache; None = ~/.cache/heist/victims
+
+    def __post_init__(self):
+        if not self.attacks:
+            raise ConfigError("attacks: expected at least one attack")
+        keys = [a.key for a in self.attacks]
+        if len(set(keys)) != len(keys):
+            raise ConfigError(f"attacks: two attacks share the key {sorted(k for k in keys if keys.count(k) > 1)[0]!r};"
+                              f" give one an `id`")
+
+
+def trial_config(data: dict) -> TrialConfig:
+    """Parse a trial config dict; raises ConfigError listing every invalid field with its path."""
+    return parse(TrialConfig, data)

@@ -1,0 +1,33 @@
+"""The transfer-set attack loop shared by Knockoff Nets and CopycatCNN: sample, query, train."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from workloads.models import build_model
+from workloads.training import fit
+
+
+def sample_queries(pool: torch.Tensor, budget: int, seed: int) -> torch.Tensor:
+    """`budget` images drawn from `pool` without replacement, cycling through fresh permutations when the
+    budget exceeds the pool (as Knockoff Nets' `transfer.py` repeats its query set)."""
+    gen = torch.Generator().manual_seed(seed)
+    rounds = -(-budget // len(pool))
+    idx = torch.cat([torch.randperm(len(pool), generator=gen) for _ in range(rounds)])[:budget]
+    return pool[idx]
+
+
+def train_on_answers(x: torch.Tensor, answers: np.ndarray, labels: str, arch: str, victim, train_cfg,
+                     seed: int) -> nn.Module:
+    """Train a fresh substitute on (x, answers): soft targets, or the answers' argmax when labels='hard'."""
+    y = torch.from_numpy(np.asarray(answers, dtype=np.float32))
+    targets = y.argmax(1) if labels == "hard" else y
+    model = build_model(arch, victim.shape, victim.num_classes, seed=seed)
+    return fit(model, x, targets, train_cfg, seed=seed)
+
+
+def query_and_train(cfg, client, x: torch.Tensor, victim) -> nn.Module:
+    """Query `x` through the client, then train the substitute on the answers."""
+    answers = client.query(x.numpy())
+    return train_on_answers(x, answers, cfg.labels, cfg.substitute_arch or victim.arch, victim, cfg.train, cfg.seed)

@@ -1,0 +1,166 @@
+"""Datasets by name, split three ways: the victim's train set, a disjoint attacker pool, the test set.
+
+Images are float32 tensors in [0, 1], shape (N, C, H, W); labels int64. `digits` is scikit-learn's
+bundled 8x8 handwritten digits (no download); `fashion_mnist` reads the standard IDX files from a data
+root or from `/usr/share/datasets/fashion-mnist` (Debian's `dataset-fashion-mnist`); the rest come from
+torchvision under the data root and download only when online.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from workloads.config import ConfigError, check_choice
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+DEFAULT_ROOT = Path(os.environ.get("HEIST_DATA_ROOT", "~/.cache/heist/data")).expanduser()
+
+
+@dataclasses.dataclass
+class Dataset:
+    """A dataset with the victim's train split, an attacker pool disjoint from it, and a test split."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_pool: torch.Tensor
+    y_pool: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])
+
+
+def _digits(root: Path):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    return x, torch.tensor(d.target, dtype=torch.int64), None, None, 10
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with (gzip.open(path) if path.suffix == ".gz" else open(path, "rb")) as f:
+        data = f.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    for cand in (folder / stem, folder / f"{stem}.gz"):
+        if cand.exists():
+            return cand
+    return None
+
+
+def _fashion_mnist(root: Path):
+    folders = [root / "fashion_mnist", root / "FashionMNIST" / "raw", root, DEBIAN_FASHION_MNIST]
+    for folder in folders:
+        files = [_find_idx(folder, s) for s in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                                                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")]
+        if all(files):
+            xs, ys, xt, yt = (_read_idx(f) for f in files)
+            img = lambda a: torch.tensor(a, dtype=torch.float32).unsqueeze(1) / 255.0
+            lab = lambda a: torch.tensor(a, dtype=torch.int64)
+            return img(xs), lab(ys), img(xt), lab(yt), 10
+    raise ConfigError(f"dataset: fashion_mnist IDX files not found under {root} or {DEBIAN_FASHION_MNIST} "
+                      f"(apt-get install dataset-fashion-mnist, or set data_root)")
+
+
+def _torchvision(cls_name: str, num_classes: int, split_kw: str = "train"):
+    def load(root: Path):
+        import torchvision
+
+        cls = getattr(torchvision.datasets, cls_name)
+        out = []
+        for train in (True, False):
+            kw = {split_kw: train} if split_kw == "train" else {"split": "train" if train else "test"}
+            try:
+                ds = cls(str(root), download=True, **kw)
+            except Exception as e:  # offline: torchvision raises URLError/RuntimeError
+                raise ConfigError(f"dataset: {cls_name} is not under data root {root} and could not be "
+                                  f"downloaded ({type(e).__name__}); put the files there or go online") from None
+            data = ds.data if isinstance(ds.data, np.ndarray) else ds.data.numpy()
+            labels = np.asarray(getattr(ds, "targets", None) if hasattr(ds, "targets") else ds.labels)
+            x = torch.tensor(data, dtype=torch.float32) / 255.0
+            x = x.unsqueeze(1) if x.ndim == 3 else (x if x.shape[1] in (1, 3) else x.permute(0, 3, 1, 2))
+            out += [x.contiguous(), torch.tensor(labels, dtype=torch.int64)]
+        return (*out, num_classes)
+
+    return load
+
+
+LOADERS = {
+    "digits": _digits,
+    "fashion_mnist": _fashion_mnist,
+    "mnist": _torchvision("MNIST", 10),
+    "kmnist": _torchvision("KMNIST", 10),
+    "cifar10": _torchvision("CIFAR10", 10),
+    "cifar100": _torchvision("CIFAR100", 100),
+    "svhn": _torchvision("SVHN", 10, split_kw="split"),
+}
+
+
+def load_dataset(name: str, *, seed: int = 0, pool_fraction: float = 0.5, test_fraction: float = 0.2,
+                 data_root: str | os.PathLike | None = None) -> Dataset:
+    """Load `name` and split it: the pool is `pool_fraction` of the training images, drawn by `seed`.
+
+    Datasets without a standard test split (digits) first hold out `test_fraction` as the test set.
+    """
+    check_choice("dataset", name, LOADERS)
+    if not 0.0 <= pool_fraction < 1.0:
+        raise ConfigError(f"pool_fraction: expected a value in [0, 1), got {pool_fraction!r}")
+    root = Path(data_root).expanduser() if data_root else DEFAULT_ROOT
+    x, y, x_test, y_test, k = LOADERS[name](root)
+    gen = torch.Generator().manual_seed(seed)
+    if x_test is None:
+        perm = torch.randperm(len(x), generator=gen)
+        n_test = int(round(test_fraction * len(x)))
+        x_test, y_test = x[perm[:n_test]], y[perm[:n_test]]
+        x, y = x[perm[n_test:]], y[perm[n_test:]]
+    perm = torch.randperm(len(x), generator=gen)
+    n_pool = int(round(pool_fraction * len(x)))
+    pool, train = perm[:n_pool], perm[n_pool:]
+    return Dataset(name, x[train], y[train], x[pool], y[pool], x_test, y_test, k)
+
+
+def to_shape(x: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """Resize images (bilinear) and match channels (mean to grey, repeat to RGB) to `shape`."""
+    c, h, w = shape
+    if x.shape[1] != c:
+        x = x.mean(1, keepdim=True) if c == 1 else x.expand(-1, c, -1, -1) if x.shape[1] == 1 else x[:, :c]
+    if tuple(x.shape[2:]) != (h, w):
+        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    return x.clamp(0.0, 1.0).contiguous()
+
+
+SURROGATE_KINDS = ("split", "dataset", "noise")
+
+
+def surrogate_pool(kind: str, victim: Dataset, *, name: str | None = None, size: int | None = None,
+                   seed: int = 0, data_root=None) -> torch.Tensor:
+    """The attacker's unlabelled query pool, shaped like the victim's inputs.
+
+    kind `split`: the victim dataset's pool split (disjoint from its train and test data);
+    `dataset`: another dataset's train images resized to the victim's shape; `noise`: uniform noise.
+    """
+    check_choice("surrogate.kind", kind, SURROGATE_KINDS)
+    if kind == "split":
+        return victim.x_pool
+    if kind == "noise":
+        n = size or len(victim.x_pool)
+        return torch.rand((n, *victim.shape), generator=torch.Generator().manual_seed(seed))
+    if not name:
+        raise ConfigError("surrogate.name: required when surrogate.kind is 'dataset'")
+    other = load_dataset(name, seed=seed, pool_fraction=0.0, data_root=data_root)
+    return to_shape(torch.cat([other.x_train, other.x_test]), victim.shape)

@@ -1,0 +1,72 @@
+"""Seeded training and batched inference for classifiers and substitutes.
+
+`fit` trains on hard labels (cross-entropy) or on probability vectors (soft cross-entropy, i.e. KL to
+the targets up to a constant — the distillation loss of Knockoff Nets), on CUDA when available.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from workloads.config import ConfigError, positive
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How a classifier (victim or substitute) is trained."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: Literal["none", "cosine"] = "cosine"
+
+    def __post_init__(self):
+        positive("epochs", self.epochs)
+        positive("batch_size", self.batch_size)
+        if self.lr <= 0:
+            raise ConfigError(f"lr: expected a number > 0, got {self.lr!r}")
+
+
+def fit(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, cfg: TrainConfig, *, seed: int = 0,
+        device: torch.device | None = None) -> nn.Module:
+    """Train `model` in place on (x, targets); targets are int labels (N,) or probabilities (N, K)."""
+    device = device or default_device()
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model.to(device).train()
+    params = model.parameters()
+    opt = (torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "adam"
+           else torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay))
+    steps = cfg.epochs * max(1, -(-len(x) // cfg.batch_size))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if cfg.schedule == "cosine" else None
+    soft = targets.ndim == 2
+    for _ in range(cfg.epochs):
+        for idx in torch.randperm(len(x), generator=gen).split(cfg.batch_size):
+            xb, tb = x[idx].to(device), targets[idx].to(device)
+            logits = model(xb)
+            loss = (-(tb * F.log_softmax(logits, 1)).sum(1).mean()) if soft else F.cross_entropy(logits, tb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched:
+                sched.step()
+    return model.eval()
+
+
+@torch.inference_mode()
+def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Softmax posteriors of `model` on x, computed in batches on the model's device, returned on CPU."""
+    device = next(model.parameters()).device
+    model.eval()
+    return torch.cat([F.softmax(model(b.to(device)), 1).cpu() for b in x.split(batch_size)])
