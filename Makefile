@@ -22,5 +22,10 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/heist bench
 
+FMNIST := $(VENV)/bin/heist trial sweeps/trials/fashion_mnist_knockoff.yaml
 fashion-mnist: $(STAMP)
-	$(VENV)/bin/heist experiment fashion_mnist
+	mkdir -p heist_runs
+	$(FMNIST) --set defense.name=none --json heist_runs/fashion_mnist_none.json
+	$(FMNIST) --set defense.name=reverse_sigmoid --set defense.params.beta=1.0 --set defense.params.gamma=0.2 \
+		--json heist_runs/fashion_mnist_reverse_sigmoid.json
+	$(FMNIST) --set defense.name=dcp --set defense.params.beta=0.5 --json heist_runs/fashion_mnist_dcp.json
