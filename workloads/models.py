@@ -75,6 +75,8 @@ MODELS = {"lenet5": LeNet5, "resnet18": ResNet18}
 def build_model(arch: str, in_shape: tuple[int, int, int], num_classes: int, seed: int | None = None) -> nn.Module:
     """A freshly initialised `arch` for inputs of `in_shape`; `seed` fixes the initial weights."""
     check_choice("arch", arch, MODELS)
-    if seed is not None:
+    if seed is None:
+        return MODELS[arch](tuple(in_shape), num_classes)
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-    return MODELS[arch](tuple(in_shape), num_classes)
+        return MODELS[arch](tuple(in_shape), num_classes)

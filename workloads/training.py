@@ -43,7 +43,12 @@ def fit(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, cfg: TrainConf
     """Train `model` in place on (x, targets); targets are int labels (N,) or probabilities (N, K)."""
     device = device or default_device()
     gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _train(model, x, targets, cfg, gen, device)
+
+
+def _train(model, x, targets, cfg: TrainConfig, gen: torch.Generator, device) -> nn.Module:
     model.to(device).train()
     params = model.parameters()
     opt = (torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "adam"
@@ -64,7 +69,7 @@ def fit(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, cfg: TrainConf
     return model.eval()
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """Softmax posteriors of `model` on x, computed in batches on the model's device, returned on CPU."""
     device = next(model.parameters()).device
