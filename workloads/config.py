@@ -53,6 +53,9 @@ def _coerce(tp, value, path: str, errors: list[str]):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        others = [a for a in args if a is not type(None)]
+        if len(others) == 1 and others[0] not in (int, float, str, bool):  # a structure: keep its own messages
+            return _coerce(others[0], value, path, errors)
         for arg in (a for a in args if a is not type(None)):
             trial: list[str] = []
             out = _coerce(arg, value, path, trial)
@@ -141,6 +144,12 @@ def positive(path: str, value, minimum=1) -> None:
     """Raise ConfigError when value < minimum (used in __post_init__ checks)."""
     if value < minimum:
         raise ConfigError(f"{path}: expected >= {minimum}, got {value!r}")
+
+
+def above(path: str, value, bound=0) -> None:
+    """Raise ConfigError unless value > bound."""
+    if not value > bound:
+        raise ConfigError(f"{path}: expected a number > {bound}, got {value!r}")
 
 
 def in_range(path: str, value, low, high) -> None:

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from workloads.config import ConfigError, positive
+from workloads.config import above, positive
 
 
 def default_device() -> torch.device:
@@ -34,8 +34,7 @@ class TrainConfig:
     def __post_init__(self):
         positive("epochs", self.epochs)
         positive("batch_size", self.batch_size)
-        if self.lr <= 0:
-            raise ConfigError(f"lr: expected a number > 0, got {self.lr!r}")
+        above("lr", self.lr)
 
 
 def fit(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, cfg: TrainConfig, *, seed: int = 0,

@@ -40,7 +40,7 @@ def test_unknown_names_are_one_line_errors_naming_the_value():
 
 def test_literal_and_number_types_are_checked():
     assert errors_of({"attacks": [{"labels": "sof"}]}) == [
-        "attacks[0].labels: expected one of 'soft', 'hard' or null, got 'sof'"]
+        "attacks[0].labels: expected one of ['soft', 'hard'], got 'sof' (did you mean 'soft'?)"]
     assert errors_of({"service": {"max_wait_ms": float("nan")}}) == [
         "service.max_wait_ms: expected a number, got nan"]
 

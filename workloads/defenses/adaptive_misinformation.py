@@ -19,8 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from workloads.config import in_range, positive
-from workloads.defenses import ConfigError, DefenseContext, register
+from workloads.config import above, in_range, positive
+from workloads.defenses import DefenseContext, register
 from workloads.models import build_model
 
 # The official code trains M alongside the victim (SGD 0.1, batch 64, all the victim's epochs); for a
@@ -37,8 +37,7 @@ class AdaptiveMisinformationParams:
 
     def __post_init__(self):
         in_range("tau", self.tau, 0.0, 1.5)
-        if self.nu <= 0:
-            raise ConfigError(f"nu: expected a number > 0, got {self.nu!r}")
+        above("nu", self.nu)
         positive("misinformation_epochs", self.misinformation_epochs)
 
 

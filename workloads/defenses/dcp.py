@@ -19,7 +19,8 @@ import dataclasses
 
 import torch
 
-from workloads.defenses import ConfigError, register
+from workloads.config import above, positive
+from workloads.defenses import register
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,12 +30,9 @@ class DCPParams:
     nu: float = 1000.0
 
     def __post_init__(self):
-        if self.beta < 0:
-            raise ConfigError(f"beta: expected a number >= 0, got {self.beta!r}")
-        if self.gamma <= 0:
-            raise ConfigError(f"gamma: expected a number > 0, got {self.gamma!r}")
-        if self.nu <= 0:
-            raise ConfigError(f"nu: expected a number > 0, got {self.nu!r}")
+        positive("beta", self.beta, 0)
+        above("gamma", self.gamma)
+        above("nu", self.nu)
 
 
 def confidence_gated_reverse_sigmoid(probs: torch.Tensor, beta: float, gamma: float, nu: float) -> torch.Tensor:

@@ -14,7 +14,8 @@ import dataclasses
 
 import torch
 
-from workloads.defenses import ConfigError, normalize, register
+from workloads.config import above, positive
+from workloads.defenses import normalize, register
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,10 +24,8 @@ class ReverseSigmoidParams:
     gamma: float = 0.2
 
     def __post_init__(self):
-        if self.beta < 0:
-            raise ConfigError(f"beta: expected a number >= 0, got {self.beta!r}")
-        if self.gamma <= 0:
-            raise ConfigError(f"gamma: expected a number > 0, got {self.gamma!r}")
+        positive("beta", self.beta, 0)
+        above("gamma", self.gamma)
 
 
 def reverse_sigmoid(probs: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
