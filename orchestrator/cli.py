@@ -29,7 +29,52 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--workers", default="1,4,8")
     b.add_argument("--batch", type=int, default=256)
     b.add_argument("--images", type=int, default=40960, help="images each run sends in total")
+
+    r = sub.add_parser("run", help="run a sweep: Tune + Optuna trials, MLflow runs, the Pareto frontier")
+    r.add_argument("config", help="sweep YAML, e.g. sweeps/quickstart.yaml")
+    v = sub.add_parser("validate", help="check a sweep YAML; print the resolved config or every error")
+    v.add_argument("config", help="sweep YAML")
+    s = sub.add_parser("resume", help="continue an interrupted sweep")
+    s.add_argument("sweep", help="the sweep directory `heist run` printed, or a sweep name (its latest run)")
+    f = sub.add_parser("pareto", help="recompute and print a finished sweep's frontier from MLflow")
+    f.add_argument("sweep", help="MLflow experiment name (its latest sweep) or parent run id")
+    f.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
     return p
+
+
+def _validate(args) -> int:
+    from orchestrator.sweep_config import cluster_resources, dump, load, plan, summary
+
+    cfg, warning = plan(load(args.config), cluster_resources())
+    if warning:
+        print(f"heist validate: warning: {warning}", file=sys.stderr)
+    print(dump(cfg) + summary(cfg))
+    return 0
+
+
+def _run(args) -> int:
+    from orchestrator.sweep import run
+    from orchestrator.sweep_config import load
+
+    return run(load(args.config))
+
+
+def _resume(args) -> int:
+    from orchestrator.sweep import resume
+
+    return resume(args.sweep)
+
+
+def _pareto(args) -> int:
+    from orchestrator.sweep_config import resolve_tracking_uri
+    from orchestrator.tracking import check_reachable, find_sweep, print_frontier
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    check_reachable(uri)
+    tracker = find_sweep(uri, args.sweep)
+    cfg = tracker.sweep_config()
+    print_frontier(cfg, tracker, tracker.report_frontier(cfg))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,8 +84,14 @@ def main(argv: list[str] | None = None) -> int:
             from orchestrator.trial import main as run
         elif args.command == "bench":
             from orchestrator.bench import main as run
+        else:
+            run = {"run": _run, "validate": _validate, "resume": _resume, "pareto": _pareto}[args.command]
         return run(args) or 0
-    except (ConfigError, UserError) as e:
+    except ConfigError as e:       # one line per error, each with its YAML path
+        for error in e.errors:
+            print(f"heist {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except UserError as e:
         print(f"heist {args.command}: error: {e}", file=sys.stderr)
         return 2
 
