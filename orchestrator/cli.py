@@ -29,6 +29,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--workers", default="1,4,8")
     b.add_argument("--batch", type=int, default=256)
     b.add_argument("--images", type=int, default=40960, help="images each run sends in total")
+    b.add_argument("--max-batch", type=int, help="images per served batch (default: tuned per dataset)")
+    b.add_argument("--forward-batch", type=int, help="forward chunk size; 0 = whole served batch")
+    b.add_argument("--max-wait-ms", type=float, help="batcher wait to fill a batch")
+    b.add_argument("--in-flight", type=int, help="requests each worker keeps in flight")
+    b.add_argument("--num-cpus", type=float, help="CPUs (and torch threads) of the service actor")
+    b.add_argument("--repeats", type=int, help="runs per setting; the best is reported")
 
     r = sub.add_parser("run", help="run a sweep: Tune + Optuna trials, MLflow runs, the Pareto frontier")
     r.add_argument("config", help="sweep YAML, e.g. sweeps/quickstart.yaml")

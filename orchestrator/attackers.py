@@ -1,0 +1,202 @@
+"""Clients of the VictimService: attacker workers, the RayQueryClient an attack talks to, the benign client.
+
+* `AttackerWorker` (Ray actor): one registered client id with its own share of the attack's budget. It
+  streams its slice of the images to the service in client batches of `query_batch`, keeping at most
+  `max_in_flight` requests outstanding, and returns the answers in order.
+* `RayQueryClient` implements `workloads.attacks.QueryClient`: `query(x)` splits x into contiguous
+  slices sized by each worker's remaining budget, runs them on the workers concurrently and concatenates
+  the answers in order, so every image is answered exactly once and charged exactly once.
+* `BenignClient` (Ray actor): streams the test set through the service as its own client and returns the
+  defended posteriors plus per-batch latencies.
+
+This module imports only numpy and Ray at the top, so the worker processes stay light (no torch import).
+"""
+from __future__ import annotations
+
+import collections
+import time
+
+import numpy as np
+import ray
+
+
+class _Streamer:
+    """Sends images to the service as one client id, in batches, with a bounded number in flight."""
+
+    def __init__(self, service, client_id: str, batch: int, max_in_flight: int):
+        self.service, self.client_id = service, client_id
+        self.batch, self.max_in_flight = int(batch), max(1, int(max_in_flight))
+        self.images = self.requests = 0      # answered (= charged by the service)
+        self.seconds = 0.0
+
+    def _run(self, x: np.ndarray) -> tuple[np.ndarray, list[float]]:
+        """Answers for x in order, and each request's latency (submit to answer, ms).
+
+        On an error the requests already in flight are still awaited and counted (the service charged
+        them), then the first error is raised.
+        """
+        pending: collections.deque = collections.deque()
+        answers: list[np.ndarray] = []
+        latencies: list[float] = []
+        t_run = time.perf_counter()
+
+        def collect_oldest():
+            ref, t, n = pending.popleft()
+            answers.append(self._answer(ray.get(ref)))
+            latencies.append((time.perf_counter() - t) * 1e3)
+            self.images += n
+            self.requests += 1
+
+        try:
+            for lo in range(0, len(x), self.batch):
+                while len(pending) >= self.max_in_flight:
+                    collect_oldest()
+                xb = x[lo:lo + self.batch]
+                pending.append((self.service.query.remote(self.client_id, xb), time.perf_counter(), len(xb)))
+            while pending:
+                collect_oldest()
+        except Exception:
+            while pending:
+                try:
+                    collect_oldest()
+                except Exception:
+                    pass
+            raise
+        finally:
+            self.seconds += time.perf_counter() - t_run
+        if not answers:
+            return np.zeros((0, 0), np.float32), latencies
+        return np.concatenate(answers), latencies
+
+    def _answer(self, reply) -> np.ndarray:
+        """Turn the service's reply into posteriors. With the OpenGate the reply is the answer itself; a
+        gate that answers with a challenge (proof of work) plugs its solve-and-redeem step in here."""
+        if not isinstance(reply, np.ndarray):
+            raise TypeError(f"client {self.client_id!r}: the service replied with a {type(reply).__name__}, "
+                            f"not posteriors (a gate challenge this client cannot answer)")
+        return reply
+
+    def stats(self) -> dict:
+        return {"client_id": self.client_id, "images": self.images, "requests": self.requests,
+                "seconds": self.seconds}
+
+
+@ray.remote
+class AttackerWorker(_Streamer):
+    """One attacker query stream, registered with the service as its own client id."""
+
+    def __init__(self, service, client_id: str, query_batch: int = 256, max_in_flight: int = 4):
+        super().__init__(service, client_id, query_batch, max_in_flight)
+
+    def query(self, x: np.ndarray, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """Answers for x[lo:hi] (x may be a shared ObjectRef'd array; the slice is a view)."""
+        return self._run(x[lo:hi])[0]
+
+    def timed_query(self, x: np.ndarray, lo: int = 0, hi: int | None = None) -> tuple[float, float, int]:
+        """Like `query`, but returns (start, end, images) wall-clock times instead of answers (benchmarks)."""
+        t0 = time.time()
+        out, _ = self._run(x[lo:hi])
+        return t0, time.time(), len(out)
+
+
+@ray.remote
+class BenignClient(_Streamer):
+    """A legitimate user: streams a data set through the defended API, one batch at a time by default."""
+
+    def __init__(self, service, client_id: str = "benign", batch: int = 256, max_in_flight: int = 1):
+        super().__init__(service, client_id, batch, max_in_flight)
+
+    def run(self, x: np.ndarray) -> tuple[np.ndarray, list[float]]:
+        """Defended posteriors for x (in order) and per-request latencies in ms."""
+        return self._run(x)
+
+
+def split_budget(budget: int, n: int) -> list[int]:
+    """`budget` images split over at most `n` workers as evenly as possible (no zero shares)."""
+    n = max(1, min(int(n), int(budget)))
+    q, r = divmod(int(budget), n)
+    return [q + (i < r) for i in range(n)]
+
+
+def allocate(n: int, remaining: list[int]) -> list[int]:
+    """Split n images over workers with `remaining` budgets: as even as possible, never above a
+    worker's remaining budget (water-filling). Requires n <= sum(remaining)."""
+    if n > sum(remaining):
+        raise ValueError(f"cannot place {n} images in remaining budgets {remaining}")
+    sizes = [0] * len(remaining)
+    left = n
+    while left:
+        open_ = [i for i, r in enumerate(remaining) if r - sizes[i] > 0]
+        share, extra = divmod(left, len(open_))
+        for j, i in enumerate(open_):
+            take = min(share + (j < extra), remaining[i] - sizes[i])
+            sizes[i] += take
+            left -= take
+    return sizes
+
+
+def spawn_attackers(service, prefix: str, n: int, budget: int, *, query_batch: int = 256, max_in_flight: int = 4,
+                    num_cpus: float = 0.25, num_gpus: float = 0.0) -> tuple[list, list[str], list[int]]:
+    """Start up to `n` AttackerWorkers registered as `<prefix>/w<i>` with their share of `budget`.
+
+    Returns (workers, client_ids, budgets). The caller owns the actors (ray.kill them when done).
+    """
+    budgets = split_budget(budget, n)
+    ids = [f"{prefix}/w{i}" for i in range(len(budgets))]
+    ray.get([service.register.remote(cid, b, "attacker") for cid, b in zip(ids, budgets)])
+    workers = [AttackerWorker.options(num_cpus=num_cpus, num_gpus=num_gpus)
+               .remote(service, cid, query_batch, max_in_flight) for cid in ids]
+    return workers, ids, budgets
+
+
+class RayQueryClient:
+    """A `workloads.attacks.QueryClient` over N AttackerWorkers: each `query(x)` is split across the workers
+    (sized by their remaining budgets), run concurrently and reassembled in order."""
+
+    def __init__(self, workers: list, budgets: list[int]):
+        if len(workers) != len(budgets) or not workers:
+            raise ValueError("RayQueryClient needs one budget per worker and at least one worker")
+        self.workers = list(workers)
+        self.shares = [int(b) for b in budgets]
+        self.remaining = list(self.shares)
+        self.budget = sum(self.shares)
+        self.used = 0
+
+    def query(self, x) -> np.ndarray:
+        from workloads.attacks import BudgetExceeded
+
+        if not isinstance(x, np.ndarray) and hasattr(x, "numpy"):   # a torch tensor
+            x = x.detach().cpu().numpy()
+        n = len(x)
+        if self.used + n > self.budget:
+            raise BudgetExceeded(f"query of {n} images exceeds budget ({self.used}/{self.budget} used)")
+        if n == 0:
+            raise ValueError("query: expected at least one image, got 0")
+        sizes = allocate(n, self.remaining)
+        ref = ray.put(x)
+        calls, lo = [], 0
+        for i, size in enumerate(sizes):
+            if size:
+                calls.append((i, size, self.workers[i].query.remote(ref, lo, lo + size)))
+                lo += size
+        try:
+            answers = ray.get([c for _, _, c in calls])
+        except Exception:
+            self._resync()
+            raise
+        for i, size, _ in calls:
+            self.remaining[i] -= size
+        self.used += n
+        out = np.concatenate(answers)
+        if len(out) != n:   # guards the invariant the attacks rely on
+            raise RuntimeError(f"RayQueryClient: {len(out)} answers for {n} images")
+        return out
+
+    def _resync(self) -> None:
+        """After a failed query, recount from the workers what was actually answered (and charged)."""
+        try:
+            answered = [s["images"] for s in ray.get([w.stats.remote() for w in self.workers])]
+        except Exception:
+            return
+        self.remaining = [share - a for share, a in zip(self.shares, answered)]
+        self.used = sum(answered)

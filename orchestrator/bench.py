@@ -1,0 +1,184 @@
+"""`heist bench`: VictimService serving throughput vs the raw in-process batched forward.
+
+For the LeNet of `--dataset` it measures, in one run:
+
+* raw: the model's forward + softmax in this process, in batches of `--batch` and of the service's
+  forward size (`forward_batch`, else `max_batch`), with the torch thread count the service actor gets;
+  best of `repeats`, measured before and after the service runs. `ratio` divides by the best raw figure
+  of the whole run (conservative);
+* service: the same images sent by 1, 4, 8 ... AttackerWorker actors, each in client batches of
+  `--batch`, through one VictimService (dynamic batching, no defense): images/s from the first
+  worker's start to the last worker's end, best of `repeats`. Before each repeat the raw forward is
+  measured again; `paired` is the median of service/raw over those back-to-back pairs, which is the
+  figure to trust on a machine shared with other work (load changes during a run move both together).
+
+Also shown per service row: the mean served (merged) batch, the fraction of the wall time the service's
+compute thread was busy, and the compute thread's own images/s (below raw = CPU contention in the actor).
+
+Throughput does not depend on the weights, so the model is randomly initialised (seed 0) and the
+images are uniform noise; no dataset is read.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import ray
+
+# Service settings tuned on the 2-core development machine (see the module docstring of each run's table):
+# 28x28 LeNet forwards are fastest in cache-sized chunks of 256; 8x8 LeNet forwards are so cheap that
+# per-request overhead dominates, so merging many requests into one forward is what counts.
+TUNED = {"fashion_mnist": {"max_batch": 512, "forward_batch": 256},
+         "digits": {"max_batch": 4096, "forward_batch": 0}}
+
+SHAPES = {"digits": (1, 8, 8), "fashion_mnist": (1, 28, 28), "mnist": (1, 28, 28), "kmnist": (1, 28, 28),
+          "cifar10": (3, 32, 32), "cifar100": (3, 32, 32), "svhn": (3, 32, 32)}
+
+
+def raw_throughput(model, x: np.ndarray, batch: int, threads: int, repeats: int = 3) -> float:
+    """Best images/s of forward + softmax over x in batches of `batch` with `threads` torch threads."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        xt = torch.from_numpy(x)
+        best = 0.0
+        with torch.inference_mode():
+            torch.softmax(model(xt[:batch]), 1)            # warm-up
+            for _ in range(repeats):
+                t = time.perf_counter()
+                for c in xt.split(batch):
+                    torch.softmax(model(c), 1).numpy()
+                best = max(best, len(x) / (time.perf_counter() - t))
+        return best
+    finally:
+        torch.set_num_threads(old)
+
+
+def run_bench(dataset: str = "fashion_mnist", workers=(1, 4, 8), batch: int = 256, images: int = 40960, *,
+              max_batch: int | None = None, forward_batch: int | None = None, max_wait_ms: float = 2.0,
+              in_flight: int = 4, num_cpus: float = 1.0, repeats: int = 3, seed: int = 0) -> list[dict]:
+    """Run the benchmark; returns one row per configuration (the first rows are the raw forward)."""
+    from orchestrator.attackers import spawn_attackers
+    from orchestrator.config import ServiceConfig
+    from orchestrator.service import VictimSpec, service_actor
+    from orchestrator.trial import _kill
+    from workloads.config import ConfigError, check_choice
+    from workloads.defenses import DefenseConfig
+    from workloads.models import build_model
+
+    check_choice("--dataset", dataset, SHAPES)
+    workers = [int(w) for w in workers]
+    if not workers or min(workers) < 1 or batch < 1 or images < batch:
+        raise ConfigError(f"bench: expected workers >= 1, batch >= 1 and images >= batch; got workers={workers}, "
+                          f"batch={batch}, images={images}")
+    shape = SHAPES[dataset]
+    tuned = TUNED.get(dataset, TUNED["fashion_mnist"])
+    max_batch = max_batch or tuned["max_batch"]
+    forward_batch = tuned["forward_batch"] if forward_batch is None else forward_batch
+    threads = max(1, int(num_cpus))
+    model = build_model("lenet5", shape, 10, seed=seed).eval()
+    x = np.random.default_rng(seed).random((images, *shape), dtype=np.float32)
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    owned: list = []
+    rows: list[dict] = []
+    try:
+        raw_batches = sorted({batch, min(forward_batch or max_batch, images)})
+        raw = {b: raw_throughput(model, x, b, threads, max(1, repeats)) for b in raw_batches}
+
+        cfg = ServiceConfig(max_batch=max_batch, forward_batch=forward_batch, max_wait_ms=max_wait_ms,
+                            max_request=max(batch, 4096), num_cpus=num_cpus, num_gpus=0.0)
+        service = service_actor(VictimSpec("lenet5", shape, 10), ray.put(model.state_dict()), DefenseConfig(), cfg)
+        owned.append(service)
+        info = ray.get(service.ready.remote())
+        free_cpus = ray.cluster_resources().get("CPU", 1.0) - num_cpus
+        worker_cpus = max(0.01, min(0.25, free_cpus / max(workers)))
+        x_ref = ray.put(x)
+
+        service_rows = []
+        for n in workers:
+            share = [len(s) for s in np.array_split(np.arange(images), n)]
+            bounds = np.cumsum([0] + share)
+            ws, ids, _ = spawn_attackers(service, f"bench-{n}-{len(service_rows)}", n,
+                                         repeats * images + n * batch, query_batch=batch,
+                                         max_in_flight=in_flight, num_cpus=worker_cpus)
+            owned.extend(ws)
+            ray.get([w.query.remote(x_ref, 0, batch) for w in ws])           # warm-up: one batch each
+            runs = []
+            for _ in range(repeats):
+                raw_now = max(raw_throughput(model, x, b, threads, 1) for b in raw_batches)   # paired raw
+                log_from = len(ray.get(service.request_log.remote()))
+                timed = ray.get([w.timed_query.remote(x_ref, int(lo), int(hi))
+                                 for w, lo, hi in zip(ws, bounds[:-1], bounds[1:])])
+                span = max(end for _, end, _ in timed) - min(start for start, _, _ in timed)
+                sent = sum(k for _, _, k in timed)
+                log = ray.get(service.request_log.remote(log_from))
+                served = {r["batch"]: r["served_batch_images"] for r in log}
+                busy = {r["batch"]: r["compute_ms"] / 1e3 for r in log}
+                runs.append({"images": sent, "seconds": span, "images_per_s": sent / span,
+                             "paired_ratio": sent / span / raw_now,
+                             "mean_served_batch": float(np.mean(list(served.values()))),
+                             "queue_ms_mean": float(np.mean([r["queue_ms"] for r in log])),
+                             "compute_busy": sum(busy.values()) / span,
+                             "compute_images_per_s": sum(served.values()) / max(sum(busy.values()), 1e-9)})
+            best = max(runs, key=lambda r: r["images_per_s"])
+            service_rows.append({"config": f"service, {n} worker{'s' if n > 1 else ''}", "workers": n, **best,
+                                 "median_images_per_s": float(np.median([r["images_per_s"] for r in runs])),
+                                 "paired_ratio": float(np.median([r["paired_ratio"] for r in runs]))})
+            for _ in ws:
+                _kill([owned.pop()])
+        best_raw = max(raw.values())
+        for b, ips in raw.items():
+            rows.append({"config": f"raw forward, batch {b}", "workers": 0, "images": images,
+                         "seconds": images / ips, "images_per_s": ips, "mean_served_batch": float(b)})
+        rows.extend(service_rows)
+        raw_after = raw_throughput(model, x, max(raw, key=raw.get), threads, max(1, repeats))    # drift check
+        best_raw = max(best_raw, raw_after)
+        for r in rows:
+            r["ratio"] = r["images_per_s"] / best_raw
+            r.update(dataset=dataset, batch=batch, threads=threads, max_batch=max_batch, forward_batch=forward_batch,
+                     max_wait_ms=max_wait_ms, in_flight=in_flight, repeats=repeats, device=info["device"])
+    finally:
+        _kill(owned)
+        if started:
+            ray.shutdown()
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    head = (f"{'configuration':<26} {'images/s':>9} {'ratio':>6} {'paired':>7} {'median img/s':>13} "
+            f"{'served batch':>13} {'compute busy':>13} {'compute img/s':>14}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        line = f"{r['config']:<26} {r['images_per_s']:>9.0f} {r['ratio']:>6.2f}"
+        if "compute_busy" in r:
+            line += (f" {r['paired_ratio']:>7.2f} {r['median_images_per_s']:>13.0f} {r['mean_served_batch']:>13.0f}"
+                     f" {r['compute_busy']:>13.2f} {r['compute_images_per_s']:>14.0f}")
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    """`heist bench [--dataset D] [--workers 1,4,8] [--batch 256] [--images N]`; prints the table."""
+    from workloads.config import ConfigError
+
+    try:
+        workers = [int(w) for w in str(getattr(args, "workers", "1,4,8")).split(",") if w.strip()]
+    except ValueError:
+        raise ConfigError(f"--workers: expected comma-separated integers, got {args.workers!r}") from None
+    opts = {k: getattr(args, k) for k in ("max_batch", "forward_batch", "max_wait_ms", "in_flight", "num_cpus",
+                                          "repeats")
+            if getattr(args, k, None) is not None}
+    rows = run_bench(getattr(args, "dataset", "fashion_mnist"), workers, getattr(args, "batch", 256),
+                     getattr(args, "images", 40960), **opts)
+    r0 = rows[0]
+    print(f"heist bench: lenet5 on {r0['dataset']} shapes (random weights), client batch {r0['batch']}, "
+          f"{r0['threads']} torch thread(s), max_batch {r0['max_batch']}, forward_batch {r0['forward_batch']}, "
+          f"max_wait {r0['max_wait_ms']} ms, {r0['in_flight']} in flight per worker, best of {r0['repeats']}, "
+          f"device {r0['device']}")
+    print(format_rows(rows))
+    return 0

@@ -1,0 +1,158 @@
+"""run_trial end to end on digits (fake GPU fraction), `heist trial` and its --set overrides."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.trial import apply_override, trial_dict
+from workloads.config import ConfigError
+
+YAML = Path(__file__).with_name("trial_digits.yaml")
+
+
+def test_apply_override_dotted_keys_lists_and_yaml_values():
+    data = yaml.safe_load(YAML.read_text())
+    apply_override(data, "defense.params.beta=0.5")
+    apply_override(data, "attacks.1.budget=120")
+    apply_override(data, "service.num_gpus=0.5")
+    apply_override(data, "attacks.0.surrogate={kind: noise, size: 10}")
+    apply_override(data, "cache_dir=null")
+    assert data["defense"]["params"] == {"beta": 0.5}
+    assert data["attacks"][1]["budget"] == 120 and data["service"]["num_gpus"] == 0.5
+    assert data["attacks"][0]["surrogate"] == {"kind": "noise", "size": 10} and data["cache_dir"] is None
+    for bad in ("attacks.7.budget=1", "novalue", "=3"):
+        with pytest.raises(ConfigError):
+            apply_override(data, bad)
+
+
+def test_trial_dict_takes_trial_section_or_drops_sweep_keys():
+    assert trial_dict({"trial": {"victim": {}}, "search": {}}) == {"victim": {}}
+    assert trial_dict({"victim": {}, "search": {"num_samples": 2}, "name": "x"}) == {"victim": {}}
+
+
+def wait_for_full_resources(ray, total, timeout=30.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        avail = ray.available_resources()
+        if all(avail.get(k, 0.0) >= v - 1e-6 for k, v in total.items()):
+            return avail
+        time.sleep(0.2)
+    return ray.available_resources()
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(240)
+def test_run_trial_digits_fake_gpu_metrics_and_cleanup(ray_session, victim_cache, digits_victim):
+    from orchestrator.config import trial_config
+    from orchestrator.trial import run_trial
+
+    ray = ray_session
+    total = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
+    data = yaml.safe_load(YAML.read_text())
+    data["cache_dir"] = victim_cache
+    data["service"]["num_gpus"] = 0.5
+    cfg = trial_config(data)
+    result = run_trial(cfg)
+    m = result.metrics
+
+    keys = [a.key for a in cfg.attacks]
+    assert keys == ["knockoff_soft_split", "copycat_hard_noise"]
+    expected = {"victim_accuracy", "defended_accuracy", "perturbation_l1", "defense_latency_ms",
+                "stolen_accuracy", "fidelity", "relative_accuracy"}
+    expected |= {f"{p}/{k}" for p in ("stolen_accuracy", "fidelity", "queries") for k in keys}
+    assert set(m) == expected
+    assert m["victim_accuracy"] == pytest.approx(digits_victim.accuracy) and m["victim_accuracy"] > 0.8
+    assert m["defended_accuracy"] == pytest.approx(m["victim_accuracy"])          # defense `none`
+    assert m["perturbation_l1"] == pytest.approx(0.0, abs=1e-5)
+    assert 0.0 <= m["defense_latency_ms"] < 1000.0
+    for k in keys:
+        assert 0.0 <= m[f"stolen_accuracy/{k}"] <= 1.0 and 0.0 <= m[f"fidelity/{k}"] <= 1.0
+    assert m["queries/knockoff_soft_split"] == 300 and m["queries/copycat_hard_noise"] == 200
+    assert m["stolen_accuracy/knockoff_soft_split"] > 0.3                          # the attack learned something
+    assert m["stolen_accuracy"] == max(m[f"stolen_accuracy/{k}"] for k in keys)
+    assert m["fidelity"] == max(m[f"fidelity/{k}"] for k in keys)
+    assert m["relative_accuracy"] == pytest.approx(m["stolen_accuracy"] / m["victim_accuracy"])
+
+    rows = result.ledger
+    n_test = len(digits_victim.data.x_test)
+    assert sum(r["images"] for r in rows if r["attack"] == "benign") == n_test
+    for k, budget in (("knockoff_soft_split", 300), ("copycat_hard_noise", 200)):
+        mine = [r for r in rows if r["attack"] == k]
+        assert sum(r["images"] for r in mine) == budget and {r["client_kind"] for r in mine} == {"attacker"}
+        assert len({r["client"] for r in mine}) == 2                                 # two workers each
+    assert {"client", "seq", "images", "queue_ms", "compute_ms", "served_batch_images"} <= set(rows[0])
+    assert result.info["service"]["device"] == "cpu"                               # fake GPU: no CUDA here
+
+    # every actor the trial created is gone: the cluster's resources are all free again
+    avail = wait_for_full_resources(ray, total)
+    assert all(avail.get(k, 0.0) >= v - 1e-6 for k, v in total.items()), (avail, total)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(240)
+def test_heist_trial_cli_prints_table_and_json(ray_session, victim_cache, digits_victim, tmp_path, capsys):
+    from orchestrator import cli
+
+    out = tmp_path / "m.json"
+    rc = cli.main(["trial", str(YAML), "--set", f"cache_dir={victim_cache}", "--set", "attacks.0.budget=120",
+                   "--set", "attacks.1.budget=60", "--set", "attacks.0.train.epochs=2",
+                   "--set", "attacks.1.train.epochs=2", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    assert "victim_accuracy" in printed and "queries/knockoff_soft_split" in printed
+    metrics = json.loads(out.read_text())["metrics"]
+    assert metrics["queries/knockoff_soft_split"] == 120 and metrics["queries/copycat_hard_noise"] == 60
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(60)
+def test_heist_trial_errors_are_one_line_exit_2(ray_session, victim_cache, tmp_path, capsys):
+    from orchestrator import cli
+
+    assert cli.main(["trial", str(YAML), "--set", "service.max_batch=0"]) == 2
+    err = capsys.readouterr().err
+    assert "service.max_batch" in err and "Traceback" not in err
+    # a resource the cluster does not have fails fast instead of waiting forever
+    assert cli.main(["trial", str(YAML), "--set", f"cache_dir={victim_cache}", "--set", "service.num_gpus=2"]) == 2
+    err = capsys.readouterr().err
+    assert "service.num_gpus" in err and "1 GPU in total" in err
+    assert cli.main(["trial", str(YAML), "--set", "attacks.1.query_batch=5000"]) == 2
+    assert "attacks[1].query_batch: 5000 images per request exceeds service.max_request" in capsys.readouterr().err
+    assert cli.main(["trial", str(tmp_path / "missing.yaml")]) == 2
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(240)
+def test_run_trial_inside_a_tune_trial_uses_its_placement_group(ray_session, victim_cache, digits_victim, tmp_path):
+    from ray import tune
+
+    from orchestrator.config import trial_config
+    from orchestrator.trial import run_trial, trial_bundles
+
+    ray = ray_session
+    total = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
+    data = yaml.safe_load(YAML.read_text())
+    data.update(cache_dir=victim_cache, attacks=data["attacks"][:1])
+    data["attacks"][0].update(budget=100, train={"epochs": 2})
+    data["service"].update(num_cpus=0.5, num_gpus=0.5)
+    bundles = trial_bundles(trial_config(data), driver_cpus=0.5)
+    assert bundles == [{"CPU": 0.5}, {"CPU": 0.5, "GPU": 0.5}, {"CPU": 0.25}, {"CPU": 0.25}]
+
+    def trainable(config):
+        from ray.util import get_current_placement_group
+
+        assert get_current_placement_group() is not None
+        result = run_trial(trial_config(config))
+        tune.report({**result.metrics, "ledger_rows": len(result.ledger)})
+
+    grid = tune.Tuner(tune.with_resources(trainable, tune.PlacementGroupFactory(bundles, strategy="PACK")),
+                      param_space=data, tune_config=tune.TuneConfig(num_samples=1),
+                      run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0)).fit()
+    assert grid[0].error is None
+    assert grid[0].metrics["queries/knockoff_soft_split"] == 100 and grid[0].metrics["ledger_rows"] > 0
+    avail = wait_for_full_resources(ray, total)
+    assert all(avail.get(k, 0.0) >= v - 1e-6 for k, v in total.items()), (avail, total)
