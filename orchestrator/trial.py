@@ -173,19 +173,22 @@ def run_trial(cfg: TrialConfig) -> TrialResult:
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-SWEEP_KEYS = ("sweep", "search", "space", "objectives", "reference_point", "tracking", "failure")
+SWEEP_KEYS = ("search", "objectives", "reference_point", "tracking", "defenses", "storage", "trial_resources")
 
 
 def trial_dict(raw) -> dict:
-    """The trial part of a YAML document: the whole mapping, or its `trial:` mapping; sweep-only
-    top-level keys (search, objectives, ...) are ignored here (the sweep layer reads them)."""
+    """The trial config of a YAML document: a trial YAML as it is, or a sweep YAML's first point
+    (its first defense, each hyperparameter at its first value or lower bound)."""
     from orchestrator.cli import UserError
+    from orchestrator.sweep_config import from_dict
 
     if not isinstance(raw, dict):
         raise UserError(f"expected a mapping at the top of the YAML, got {type(raw).__name__}")
-    if isinstance(raw.get("trial"), dict):
-        return dict(raw["trial"])
-    return {k: v for k, v in raw.items() if k not in SWEEP_KEYS and k != "name"}
+    if not any(k in raw for k in SWEEP_KEYS):
+        return dict(raw)
+    sweep = from_dict(raw)
+    first = sweep.spaces[0]
+    return sweep.base_trial() | {"defense": {"name": first.name, "params": first.example()}}
 
 
 def apply_override(data: dict, assignment: str) -> None:

@@ -29,9 +29,13 @@ def test_apply_override_dotted_keys_lists_and_yaml_values():
             apply_override(data, bad)
 
 
-def test_trial_dict_takes_trial_section_or_drops_sweep_keys():
-    assert trial_dict({"trial": {"victim": {}}, "search": {}}) == {"victim": {}}
-    assert trial_dict({"victim": {}, "search": {"num_samples": 2}, "name": "x"}) == {"victim": {}}
+def test_trial_dict_runs_a_sweeps_first_point():
+    assert trial_dict({"victim": {"seed": 1}}) == {"victim": {"seed": 1}}
+    sweep = {"defenses": [{"name": "dcp", "params": {"beta": {"uniform": [0.3, 1.0]}}}, {"name": "reverse_sigmoid"}],
+             "search": {"num_samples": 2}, "attacks": [{"budget": 50}]}
+    data = trial_dict(sweep)
+    assert data["defense"] == {"name": "dcp", "params": {"beta": 0.3, "gamma": 0.2, "nu": 1000.0}}
+    assert data["attacks"][0]["budget"] == 50
 
 
 def wait_for_full_resources(ray, total, timeout=30.0):
