@@ -147,7 +147,7 @@ def test_wrong_types_are_named_by_path():
 
 def test_a_searched_range_is_checked_by_the_defense_itself():
     assert errors(sweep(defense={"name": "dcp", "params": {"beta": {"uniform": [-1, 1]}}})) == [
-        "defense.params.beta: expected a number >= 0, got -1.0 (in {uniform: [-1, 1]})"]
+        "defense.params.beta: expected >= 0, got -1.0 (in {uniform: [-1, 1]})"]
     assert errors(sweep(defense={"name": "top_k", "params": {"k": {"uniform": [1, 3]}}}))[0] == (
         "defense.params.k: expected an integer, got 1.0 (in {uniform: [1, 3]})")
 
