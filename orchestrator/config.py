@@ -20,15 +20,16 @@ class ServiceConfig:
     max_batch: int = 2048          # images per served (merged) batch, across clients
     max_wait_ms: float = 2.0       # how long the batcher waits to fill a batch
     max_request: int = 4096        # largest batch one client may send
-    forward_batch: int = 0         # run each served batch's forward in chunks of this many images; 0 = one
-                                   # forward per served batch (GPU); on CPU ~256 keeps LeNet activations in cache
+    forward_batch: int | None = None   # forward each served batch in chunks of this many images; 0 = in one
+                                       # forward; None = auto (256 on CPU, where that is fastest; 0 on GPU)
     num_cpus: float = 1.0
     num_gpus: float = 0.0          # fractional GPUs allowed; 0 on CPU-only clusters
 
     def __post_init__(self):
         positive("max_batch", self.max_batch)
         positive("max_request", self.max_request)
-        positive("forward_batch", self.forward_batch, 0)
+        if self.forward_batch is not None:
+            positive("forward_batch", self.forward_batch, 0)
         positive("max_wait_ms", self.max_wait_ms, 0)
 
 
