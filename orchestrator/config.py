@@ -64,6 +64,11 @@ class TrialConfig:
     def __post_init__(self):
         if not self.attacks:
             raise ConfigError("attacks: expected at least one attack")
+        limit = self.service.max_request
+        for field, size in ([(f"attacks[{i}].query_batch", a.query_batch) for i, a in enumerate(self.attacks)]
+                            + [("benign.batch", self.benign.batch)]):
+            if size > limit:  # every request of that client would be rejected
+                raise ConfigError(f"{field}: {size} images per request exceeds service.max_request ({limit})")
         keys = [a.key for a in self.attacks]
         if len(set(keys)) != len(keys):
             raise ConfigError(f"attacks: two attacks share the key {sorted(k for k in keys if keys.count(k) > 1)[0]!r};"

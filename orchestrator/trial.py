@@ -53,17 +53,6 @@ def trial_bundles(cfg: TrialConfig, driver_cpus: float = 1.0) -> list[dict[str, 
             + [bundle(cfg.workers.num_cpus, cfg.workers.num_gpus)] * n_workers)
 
 
-def check_requests(cfg: TrialConfig) -> None:
-    """ConfigError when a client batch is larger than the service accepts (every request would be rejected)."""
-    from workloads.config import ConfigError
-
-    limit = cfg.service.max_request
-    for field, size in ([(f"attacks[{i}].query_batch", a.query_batch) for i, a in enumerate(cfg.attacks)]
-                        + [("benign.batch", cfg.benign.batch)]):
-        if size > limit:
-            raise ConfigError(f"{field}: {size} images per request exceeds service.max_request ({limit})")
-
-
 def check_resources(cfg: TrialConfig) -> None:
     """ConfigError naming the field when the Ray cluster can never hold an actor this trial asks for (an
     actor requesting a GPU on a GPU-less cluster would otherwise wait forever, silently). Skipped inside a
@@ -104,7 +93,6 @@ def run_trial(cfg: TrialConfig) -> TrialResult:
     from workloads.victims import load_or_train
 
     t_start = time.perf_counter()
-    check_requests(cfg)
     if not ray.is_initialized():
         ray.init()
     check_resources(cfg)

@@ -58,3 +58,8 @@ def test_label_mode_defaults_follow_each_paper():
     cfg = trial_config({"attacks": [{"name": "knockoff"}, {"name": "copycat"}]})
     assert [a.labels for a in cfg.attacks] == ["soft", "hard"]
     assert dataclasses.replace(cfg.attacks[0], labels="hard").labels == "hard"
+
+
+def test_a_client_batch_larger_than_the_service_accepts_is_rejected_up_front():
+    (err,) = errors_of({"service": {"max_request": 100}, "attacks": [{"query_batch": 256}]})
+    assert err == "attacks[0].query_batch: 256 images per request exceeds service.max_request (100)"
