@@ -479,11 +479,8 @@ def bundles(cfg: SweepConfig) -> list[dict[str, float]]:
     """One trial's placement-group bundles: the trial process, its VictimService, its attacker workers."""
     from orchestrator.trial import trial_bundles
 
-    out = trial_bundles(TrialConfig(attacks=cfg.attacks, service=cfg.service, workers=cfg.workers),
-                        driver_cpus=cfg.trial_resources.num_cpus)
-    if cfg.trial_resources.num_gpus:
-        out[0] = out[0] | {"GPU": cfg.trial_resources.num_gpus}
-    return out
+    return trial_bundles(TrialConfig(attacks=cfg.attacks, service=cfg.service, workers=cfg.workers),
+                         driver=cfg.trial_resources)
 
 
 def cluster_resources() -> dict[str, float]:

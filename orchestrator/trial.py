@@ -18,7 +18,7 @@ import numpy as np
 import ray
 
 from orchestrator.attackers import BenignClient, RayQueryClient, spawn_attackers
-from orchestrator.config import TrialConfig, trial_config
+from orchestrator.config import TrialConfig, WorkerResources, trial_config
 from orchestrator.service import VictimSpec, service_actor
 
 METRIC_ORDER = ("victim_accuracy", "defended_accuracy", "perturbation_l1", "defense_latency_ms",
@@ -39,8 +39,8 @@ class TrialResult:
     info: dict = dataclasses.field(default_factory=dict)
 
 
-def trial_bundles(cfg: TrialConfig, driver_cpus: float = 1.0) -> list[dict[str, float]]:
-    """Placement-group bundles for one trial: the trial function, the service, and one per worker.
+def trial_bundles(cfg: TrialConfig, driver: WorkerResources = WorkerResources(num_cpus=1.0)) -> list[dict[str, float]]:
+    """Placement-group bundles for one trial: the trial function (`driver`), the service, one per worker.
 
     Attacks run one after another and the benign client runs before them, so max(attack workers)
     worker bundles suffice. Use as `tune.PlacementGroupFactory(trial_bundles(cfg), strategy="PACK")`.
@@ -49,7 +49,7 @@ def trial_bundles(cfg: TrialConfig, driver_cpus: float = 1.0) -> list[dict[str, 
         return {k: v for k, v in (("CPU", float(cpus)), ("GPU", float(gpus))) if v > 0}
 
     n_workers = max(1, max(a.workers for a in cfg.attacks))
-    return ([bundle(driver_cpus, 0)] + [bundle(cfg.service.num_cpus, cfg.service.num_gpus)]
+    return ([bundle(driver.num_cpus, driver.num_gpus)] + [bundle(cfg.service.num_cpus, cfg.service.num_gpus)]
             + [bundle(cfg.workers.num_cpus, cfg.workers.num_gpus)] * n_workers)
 
 

@@ -134,7 +134,7 @@ def test_heist_trial_errors_are_one_line_exit_2(ray_session, victim_cache, tmp_p
 def test_run_trial_inside_a_tune_trial_uses_its_placement_group(ray_session, victim_cache, digits_victim, tmp_path):
     from ray import tune
 
-    from orchestrator.config import trial_config
+    from orchestrator.config import WorkerResources, trial_config
     from orchestrator.trial import run_trial, trial_bundles
 
     ray = ray_session
@@ -143,7 +143,7 @@ def test_run_trial_inside_a_tune_trial_uses_its_placement_group(ray_session, vic
     data.update(cache_dir=victim_cache, attacks=data["attacks"][:1])
     data["attacks"][0].update(budget=100, train={"epochs": 2})
     data["service"].update(num_cpus=0.5, num_gpus=0.5)
-    bundles = trial_bundles(trial_config(data), driver_cpus=0.5)
+    bundles = trial_bundles(trial_config(data), driver=WorkerResources(num_cpus=0.5))
     assert bundles == [{"CPU": 0.5}, {"CPU": 0.5, "GPU": 0.5}, {"CPU": 0.25}, {"CPU": 0.25}]
 
     def trainable(config):
