@@ -69,6 +69,11 @@ class TrialConfig:
                             + [("benign.batch", self.benign.batch)]):
             if size > limit:  # every request of that client would be rejected
                 raise ConfigError(f"{field}: {size} images per request exceeds service.max_request ({limit})")
+        for i, a in enumerate(self.attacks):
+            if a.surrogate.kind == "dataset" and a.surrogate.name == self.victim.dataset:
+                raise ConfigError(f"attacks[{i}].surrogate.name: {a.surrogate.name!r} is the victim's own dataset, "
+                                  f"whose train and test images would leak into the attacker's pool; use "
+                                  f"surrogate.kind: split for its disjoint pool")
         keys = [a.key for a in self.attacks]
         if len(set(keys)) != len(keys):
             raise ConfigError(f"attacks: two attacks share the key {sorted(k for k in keys if keys.count(k) > 1)[0]!r};"

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from workloads.config import ConfigError, check_choice
+from workloads.seeds import derive_seed
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_ROOT = Path(os.environ.get("HEIST_DATA_ROOT", "~/.cache/heist/data")).expanduser()
@@ -159,8 +160,11 @@ def surrogate_pool(kind: str, victim: Dataset, *, name: str | None = None, size:
         return victim.x_pool
     if kind == "noise":
         n = size or len(victim.x_pool)
-        return torch.rand((n, *victim.shape), generator=torch.Generator().manual_seed(seed))
+        return torch.rand((n, *victim.shape), generator=torch.Generator().manual_seed(derive_seed("attack/sampling", seed)))
     if not name:
         raise ConfigError("surrogate.name: required when surrogate.kind is 'dataset'")
+    if name == victim.name:
+        raise ConfigError(f"surrogate.name: {name!r} is the victim's own dataset, whose train and test images would "
+                          f"leak into the attacker's pool; use surrogate.kind: split for its disjoint pool")
     other = load_dataset(name, seed=seed, pool_fraction=0.0, data_root=data_root)
     return to_shape(torch.cat([other.x_train, other.x_test]), victim.shape)

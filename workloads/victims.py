@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -17,10 +18,14 @@ import torch.nn as nn
 
 from workloads.config import positive
 from workloads.data import Dataset, load_dataset
+from workloads.hardening import HardeningConfig, HardeningContext, harden
 from workloads.metrics import accuracy
 from workloads.models import build_model
-from workloads.training import TrainConfig, fit, predict_proba
+from workloads.seeds import derive_seed
+from workloads.training import TrainConfig, default_device, predict_proba
 
+# Bumped whenever the same config would train different weights (v2: per-role seed streams).
+RECIPE_VERSION = 2
 DEFAULT_CACHE = Path(os.environ.get("HEIST_CACHE", "~/.cache/heist/victims")).expanduser()
 
 
@@ -32,6 +37,7 @@ class VictimConfig:
     arch: str = "lenet5"
     train: TrainConfig = TrainConfig(epochs=30, batch_size=64, lr=2e-3)
     seed: int = 0
+    hardening: HardeningConfig = HardeningConfig()
     pool_fraction: float = 0.5
     test_fraction: float = 0.2
     data_root: str | None = None
@@ -46,13 +52,15 @@ class VictimConfig:
         positive("seed", self.seed, 0)
 
     def load_data(self) -> Dataset:
-        return load_dataset(self.dataset, seed=self.seed, pool_fraction=self.pool_fraction,
+        return load_dataset(self.dataset, seed=derive_seed("data/split", self.seed), pool_fraction=self.pool_fraction,
                             test_fraction=self.test_fraction, data_root=self.data_root)
 
     @property
     def key(self) -> str:
         """Content hash identifying this victim in the cache."""
         spec = {k: v for k, v in dataclasses.asdict(self).items() if k != "data_root"}
+        spec["hardening"] = self.hardening.resolved()
+        spec["recipe_version"] = RECIPE_VERSION
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -63,24 +71,46 @@ class Victim:
     data: Dataset
     accuracy: float
     from_cache: bool
+    training: dict = dataclasses.field(default_factory=dict)       # train_seconds and the recipe's final metrics
+    artifacts: dict = dataclasses.field(default_factory=dict)      # tensors the recipe keeps (e.g. watermark set)
 
 
 def load_or_train(cfg: VictimConfig, cache_dir: str | os.PathLike | None = None) -> Victim:
-    """Load the cached victim for `cfg`, or train it and cache it (written atomically)."""
+    """Load the cached victim for `cfg`, or train it with its hardening recipe and cache it (written atomically)."""
     data = cfg.load_data()
-    model = build_model(cfg.arch, data.shape, data.num_classes, seed=cfg.seed)
-    path = Path(cache_dir or DEFAULT_CACHE) / cfg.key / "model.pt"
+    model = initial_model(cfg, data)
+    folder = Path(cache_dir or DEFAULT_CACHE) / cfg.key
+    path = folder / "model.pt"
     from_cache = path.exists()
     if from_cache:
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        training = json.loads((folder / "training.json").read_text()) if (folder / "training.json").exists() else {}
+        artifacts = (torch.load(folder / "artifacts.pt", map_location="cpu", weights_only=True)
+                     if (folder / "artifacts.pt").exists() else {})
     else:
-        fit(model, data.x_train, data.y_train, cfg.train, seed=cfg.seed)
-        model.cpu()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as f:
-            torch.save(model.state_dict(), f)
-        os.replace(f.name, path)
-        (path.parent / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+        ctx = HardeningContext(model, data, cfg.train, cfg.arch, cfg.seed, cfg.data_root, default_device())
+        t0 = time.perf_counter()
+        result = harden(cfg.hardening, ctx)
+        model = result.model.cpu()
+        training = {"train_seconds": time.perf_counter() - t0, **{k: float(v) for k, v in result.metrics.items()}}
+        artifacts = {k: v.detach().cpu() for k, v in result.artifacts.items()}
+        folder.mkdir(parents=True, exist_ok=True)
+        if artifacts:
+            _atomic_save(artifacts, folder / "artifacts.pt")
+        (folder / "training.json").write_text(json.dumps(training, indent=2))
+        (folder / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+        _atomic_save(model.state_dict(), path)       # last: its presence marks a complete entry
     model.cpu().eval()
     acc = accuracy(predict_proba(model, data.x_test), data.y_test)
-    return Victim(cfg, model, data, acc, from_cache)
+    return Victim(cfg, model, data, acc, from_cache, training, artifacts)
+
+
+def initial_model(cfg: VictimConfig, data: Dataset) -> nn.Module:
+    """The victim's freshly initialised model, from its own "victim/init" seed stream."""
+    return build_model(cfg.arch, data.shape, data.num_classes, seed=derive_seed("victim/init", cfg.seed))
+
+
+def _atomic_save(obj, path: Path) -> None:
+    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as f:
+        torch.save(obj, f)
+    os.replace(f.name, path)

@@ -18,9 +18,10 @@ def run_attack(victim, **kw):
 
 
 @pytest.mark.parametrize("name,labels", [("knockoff", "soft"), ("knockoff", "hard"), ("copycat", "hard")])
-def test_attack_reaches_085_relative_accuracy_at_1000_queries(digits_victim, name, labels):
+def test_attack_reaches_075_relative_accuracy_at_1000_queries(digits_victim, name, labels):
+    """From an independent initialisation (not the victim's), 30 epochs on <= 1000 answers."""
     rel, used = run_attack(digits_victim, name=name, labels=labels, budget=1000)
-    assert rel >= 0.85
+    assert rel >= 0.75
     assert used == (1000 if name == "knockoff" else len(digits_victim.data.x_pool))
 
 

@@ -3,18 +3,28 @@
 An attack never holds the victim: it talks to a `QueryClient`, which answers `query(x)` with the
 (defended) posteriors and counts every image against the attack's budget. In-process tests use
 `LocalQueryClient`; trials use a client that fans queries out over Ray attacker workers.
+
+Each attack lives in its own module and registers itself with its typed Params (the YAML's
+`attacks[].params`) and the label mode of its paper:
+
+    @register("knockoff", KnockoffParams, labels="soft")
+    def steal(cfg, params, client, pool, victim, checkpoint) -> nn.Module: ...
+
+`checkpoint(queries, substitute)`, when given, is called by the attack at budget checkpoints with its
+current substitute: the trial evaluates it there and logs a budget curve (step = queries).
 """
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import pkgutil
 from typing import Callable, Literal, Protocol
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from workloads.config import ConfigError, check_choice, positive
+from workloads.config import ConfigError, check_choice, parse, positive
 from workloads.data import SURROGATE_KINDS
 from workloads.training import TrainConfig
 
@@ -73,14 +83,22 @@ class AttackConfig:
     train: TrainConfig = TrainConfig(epochs=30, batch_size=64, lr=1e-3)
     seed: int = 0
     id: str | None = None
+    params: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
-        check_choice("name", self.name, ATTACKS)
+        ensure_loaded()
+        check_choice("name", self.name, REGISTRY)
         positive("budget", self.budget)
         positive("workers", self.workers)
         positive("query_batch", self.query_batch)
+        positive("seed", self.seed, 0)
+        self.typed_params()
         if self.labels is None:
-            object.__setattr__(self, "labels", DEFAULT_LABELS[self.name])
+            object.__setattr__(self, "labels", REGISTRY[self.name].labels)
+
+    def typed_params(self):
+        """The attack's own hyperparameters, parsed into its registered Params dataclass."""
+        return parse(REGISTRY[self.name].params, self.params, "params")
 
     @property
     def key(self) -> str:
@@ -97,11 +115,42 @@ class VictimInfo:
     arch: str
 
 
-ATTACKS = ("knockoff", "copycat")
-DEFAULT_LABELS = {"knockoff": "soft", "copycat": "hard"}  # each paper's own label mode
+Checkpoint = Callable[[int, nn.Module], None]
 
 
-def steal(cfg: AttackConfig, client: QueryClient, pool: torch.Tensor, victim: VictimInfo) -> nn.Module:
+@dataclasses.dataclass(frozen=True)
+class AttackSpec:
+    params: type
+    steal: Callable
+    labels: str            # the label mode of the attack's paper ("soft" / "hard")
+
+
+@dataclasses.dataclass(frozen=True)
+class NoParams:
+    """An attack without hyperparameters of its own."""
+
+
+REGISTRY: dict[str, AttackSpec] = {}
+
+
+def register(name: str, params_cls: type = NoParams, labels: Literal["soft", "hard"] = "soft"):
+    """Register `steal(cfg, params, client, pool, victim, checkpoint) -> substitute` under `name`."""
+
+    def deco(fn):
+        REGISTRY[name] = AttackSpec(params_cls, fn, labels)
+        return fn
+
+    return deco
+
+
+def ensure_loaded() -> None:
+    """Import every attack module in this package, so each registers itself."""
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+def steal(cfg: AttackConfig, client: QueryClient, pool: torch.Tensor, victim: VictimInfo,
+          checkpoint: Checkpoint | None = None) -> nn.Module:
     """Run attack `cfg` through `client` with query pool `pool`; return the trained substitute."""
-    module = importlib.import_module(f"workloads.attacks.{cfg.name}")
-    return module.steal(cfg, client, pool, victim)
+    ensure_loaded()
+    return REGISTRY[cfg.name].steal(cfg, cfg.typed_params(), client, pool, victim, checkpoint)

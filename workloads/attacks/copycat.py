@@ -5,9 +5,11 @@ label and trains a copy with cross-entropy. Budget images are drawn without repl
 larger than the fake dataset labels every image once and leaves the rest unspent. The paper uses hard
 labels; `labels: soft` is offered to compare with Knockoff Nets' distillation.
 """
+from workloads.attacks import NoParams, register
 from workloads.attacks.transfer import query_and_train, sample_queries
 
 
-def steal(cfg, client, pool, victim):
+@register("copycat", NoParams, labels="hard")
+def steal(cfg, params, client, pool, victim, checkpoint=None):
     x = sample_queries(pool, min(cfg.budget, len(pool)), cfg.seed)
     return query_and_train(cfg, client, x, victim)

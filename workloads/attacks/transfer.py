@@ -6,13 +6,15 @@ import torch
 import torch.nn as nn
 
 from workloads.models import build_model
+from workloads.seeds import derive_seed
 from workloads.training import fit
 
 
 def sample_queries(pool: torch.Tensor, budget: int, seed: int) -> torch.Tensor:
     """`budget` images drawn from `pool` without replacement, cycling through fresh permutations when the
-    budget exceeds the pool (as Knockoff Nets' `transfer.py` repeats its query set)."""
-    gen = torch.Generator().manual_seed(seed)
+    budget exceeds the pool (as Knockoff Nets' `transfer.py` repeats its query set). `seed` is the attack's
+    seed; the draw uses its own stream ("attack/sampling")."""
+    gen = torch.Generator().manual_seed(derive_seed("attack/sampling", seed))
     rounds = -(-budget // len(pool))
     idx = torch.cat([torch.randperm(len(pool), generator=gen) for _ in range(rounds)])[:budget]
     return pool[idx]
@@ -20,11 +22,16 @@ def sample_queries(pool: torch.Tensor, budget: int, seed: int) -> torch.Tensor:
 
 def train_on_answers(x: torch.Tensor, answers: np.ndarray, labels: str, arch: str, victim, train_cfg,
                      seed: int) -> nn.Module:
-    """Train a fresh substitute on (x, answers): soft targets, or the answers' argmax when labels='hard'."""
+    """Train a fresh substitute on (x, answers): soft targets, or the answers' argmax when labels='hard'.
+    Its initial weights and batch order come from the attack seed's own streams, never the victim's."""
     y = torch.from_numpy(np.asarray(answers, dtype=np.float32))
     targets = y.argmax(1) if labels == "hard" else y
-    model = build_model(arch, victim.shape, victim.num_classes, seed=seed)
-    return fit(model, x, targets, train_cfg, seed=seed)
+    return fit(new_substitute(arch, victim, seed), x, targets, train_cfg, seed=derive_seed("substitute/train", seed))
+
+
+def new_substitute(arch: str, victim, seed: int) -> nn.Module:
+    """A freshly initialised substitute from the attack seed's "substitute/init" stream."""
+    return build_model(arch, victim.shape, victim.num_classes, seed=derive_seed("substitute/init", seed))
 
 
 def query_and_train(cfg, client, x: torch.Tensor, victim) -> nn.Module:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from workloads.config import above, in_range, positive
 from workloads.defenses import DefenseContext, register
 from workloads.models import build_model
+from workloads.seeds import derive_seed
 
 # The official code trains M alongside the victim (SGD 0.1, batch 64, all the victim's epochs); for a
 # few epochs on its own, Adam converges where that SGD recipe barely moves M off uniform.
@@ -44,9 +45,10 @@ class AdaptiveMisinformationParams:
 def train_misinformation_model(ctx: DefenseContext, epochs: int) -> nn.Module:
     """A fresh copy of the victim's architecture trained (Adam) to avoid the true class on its training data."""
     data = ctx.dataset
-    model = build_model(ctx.arch, data.shape, data.num_classes, seed=ctx.seed).to(ctx.device).train()
+    seed = derive_seed("defense/misinformation", ctx.seed)
+    model = build_model(ctx.arch, data.shape, data.num_classes, seed=seed).to(ctx.device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=MISINFORMATION_LR)
-    order = torch.Generator().manual_seed(ctx.seed)
+    order = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         for idx in torch.randperm(len(data.x_train), generator=order).split(MISINFORMATION_BATCH_SIZE):
             x, y = data.x_train[idx].to(ctx.device), data.y_train[idx].to(ctx.device)

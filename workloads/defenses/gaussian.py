@@ -22,6 +22,7 @@ import torch
 
 from workloads.config import positive
 from workloads.defenses import register
+from workloads.seeds import derive_seed
 
 SPLITMIX_INCREMENT = np.uint64(0x9E3779B97F4A7C15)
 
@@ -72,7 +73,9 @@ def gaussian_noise_on_simplex(probs: torch.Tensor, noise: torch.Tensor, sigma: f
 
 @register("gaussian", GaussianParams)
 def build(params: GaussianParams, ctx):
+    noise_seed = derive_seed("defense/noise", ctx.seed)
+
     def defend(probs, x):
-        return gaussian_noise_on_simplex(probs, input_keyed_normals(x, ctx.seed, probs.shape[1]), params.sigma)
+        return gaussian_noise_on_simplex(probs, input_keyed_normals(x, noise_seed, probs.shape[1]), params.sigma)
 
     return defend

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from workloads.config import positive
 from workloads.defenses import DefenseContext, register
 from workloads.models import build_model
+from workloads.seeds import derive_seed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +70,8 @@ def prediction_poisoning(probs: torch.Tensor, surrogate_probs: torch.Tensor, eps
 @register("mad", MADParams)
 def build(params: MADParams, ctx: DefenseContext):
     data = ctx.dataset
-    surrogate = build_model(ctx.arch, data.shape, data.num_classes, seed=ctx.seed).to(ctx.device).eval()
+    seed = derive_seed("defense/surrogate", ctx.seed)
+    surrogate = build_model(ctx.arch, data.shape, data.num_classes, seed=seed).to(ctx.device).eval()
 
     def defend(probs, x):
         with torch.no_grad():

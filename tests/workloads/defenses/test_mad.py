@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from workloads.defenses import ConfigError, DefenseConfig, build_defense
 from workloads.defenses.mad import prediction_poisoning, vertex_objectives
 from workloads.models import build_model
+from workloads.seeds import derive_seed
 from workloads.training import predict_proba
 
 
@@ -48,7 +49,7 @@ def explicit_objective(G, y_tilde, y):
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_closed_form_equals_the_objective_with_the_autograd_jacobian(digits_context, with_bias):
     data = digits_context.dataset
-    surrogate = build_model("lenet5", data.shape, data.num_classes, seed=digits_context.seed).double()
+    surrogate = build_model("lenet5", data.shape, data.num_classes, seed=derive_seed("defense/surrogate", digits_context.seed)).double()
     x = data.x_test[:5].double()
     y = predict_proba(digits_context.victim, data.x_test[:5]).double()
     surrogate_probs = F.softmax(surrogate(x), 1).detach()
@@ -62,7 +63,7 @@ def test_closed_form_equals_the_objective_with_the_autograd_jacobian(digits_cont
 
 def test_the_defense_is_the_explicit_oracle_and_linesearch(digits_context):
     data = digits_context.dataset
-    surrogate = build_model("lenet5", data.shape, data.num_classes, seed=digits_context.seed).double()
+    surrogate = build_model("lenet5", data.shape, data.num_classes, seed=derive_seed("defense/surrogate", digits_context.seed)).double()
     x = data.x_test[:5]
     y = predict_proba(digits_context.victim, x)
     out = build_defense(DefenseConfig(name="mad", params={"epsilon": 0.4}), digits_context)(y, x)
@@ -80,7 +81,7 @@ def test_the_l1_perturbation_is_the_budget_or_the_distance_to_the_target_vertex(
     data = digits_context.dataset
     x = data.x_test
     y = predict_proba(digits_context.victim, x).double()
-    surrogate = build_model("lenet5", data.shape, data.num_classes, seed=digits_context.seed)
+    surrogate = build_model("lenet5", data.shape, data.num_classes, seed=derive_seed("defense/surrogate", digits_context.seed))
     target = vertex_objectives(y, predict_proba(surrogate, x).double()).argmax(1)
     distance_to_target = 2 * (1 - y.gather(1, target[:, None])[:, 0])
     out = build_defense(DefenseConfig(name="mad", params={"epsilon": epsilon}), digits_context)(y, x)
