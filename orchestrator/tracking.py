@@ -18,11 +18,11 @@ import urllib.request
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from orchestrator import curves, pareto
 from orchestrator.cli import UserError
 from orchestrator.sweep_config import SweepConfig, dump, from_dict
+from workloads.config import load_yaml
 
 TRIAL_TAG = "heist.trial_id"
 PARENT_TAG = "mlflow.parentRunId"
@@ -210,7 +210,7 @@ class Tracker:
         """The resolved sweep config kept as the parent run's sweep.yaml artifact."""
         with tempfile.TemporaryDirectory() as tmp:
             path = _client(self.uri).download_artifacts(self.parent_run_id, "sweep.yaml", tmp)
-            return from_dict(yaml.safe_load(Path(path).read_text()))
+            return from_dict(load_yaml(path))
 
 
 def _curve_metrics(path: Path, timestamp: int) -> list:

@@ -269,14 +269,12 @@ def trial_dict(raw) -> dict:
 def apply_override(data: dict, assignment: str) -> None:
     """Apply one `dotted.key=value` override in place; the value is parsed as YAML; list items by index
     (`attacks.0.budget=500`)."""
-    import yaml
-
-    from workloads.config import ConfigError
+    from workloads.config import ConfigError, parse_yaml
 
     key, sep, text = assignment.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE")
-    value = yaml.safe_load(text) if text.strip() else None
+    value = parse_yaml(text, f"--set {key.strip()}") if text.strip() else None
     parts = key.strip().split(".")
     node = data
     for i, part in enumerate(parts):
@@ -323,18 +321,9 @@ def _format_table(metrics: dict[str, float]) -> str:
 
 def main(args) -> int:
     """`heist trial CONFIG [--set k=v ...] [--json out.json]`."""
-    import yaml
+    from workloads.config import load_yaml
 
-    from orchestrator.cli import UserError
-
-    path = Path(args.config)
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
-    data = trial_dict(raw)
+    data = trial_dict(load_yaml(args.config) or {})
     for assignment in getattr(args, "set", None) or []:
         apply_override(data, assignment)
     if data.get("cache_dir"):        # Tune trials chdir: make paths absolute now
