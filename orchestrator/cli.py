@@ -1,6 +1,7 @@
 """The `heist` command line (also `python -m orchestrator`).
 
 User errors (a bad YAML, an unknown name, an unreachable server) print one line and exit 2; no traceback.
+Ctrl-C that reaches the command (not the one a sweep handles itself) prints one line and exits 130.
 """
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("config", help="sweep YAML")
     s = sub.add_parser("resume", help="continue an interrupted sweep")
     s.add_argument("sweep", help="the sweep directory `heist run` printed, or a sweep name (its latest run)")
+    y = sub.add_parser("sync", help="log to MLflow the trials a sweep recorded while its tracking store was down")
+    y.add_argument("sweep", help="the sweep directory `heist run` printed, or a sweep name (its latest run)")
     f = sub.add_parser("pareto", help="recompute and print a finished sweep's frontier from MLflow")
     f.add_argument("sweep", help="MLflow experiment name (its latest sweep) or parent run id")
     f.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
@@ -71,6 +74,12 @@ def _resume(args) -> int:
     return resume(args.sweep)
 
 
+def _sync(args) -> int:
+    from orchestrator.sweep import sync
+
+    return sync(args.sweep)
+
+
 def _pareto(args) -> int:
     from orchestrator.sweep_config import resolve_tracking_uri
     from orchestrator.tracking import check_reachable, find_sweep, print_frontier
@@ -91,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "bench":
             from orchestrator.bench import main as run
         else:
-            run = {"run": _run, "validate": _validate, "resume": _resume, "pareto": _pareto}[args.command]
+            run = {"run": _run, "validate": _validate, "resume": _resume, "sync": _sync,
+                   "pareto": _pareto}[args.command]
         return run(args) or 0
     except ConfigError as e:       # one line per error, each with its YAML path
         for error in e.errors:
@@ -100,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"heist {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"heist {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
 Everything here runs in the sweep's driver process (child runs are written by a Tune callback), so a
 sqlite store never sees concurrent writers; a remote `mlflow server` works the same way over HTTP.
-A child run carries the Tune trial id as tag `heist.trial_id`; a trial already logged under the parent
-is never logged again, which makes `heist resume` safe. The frontier is always computed from the
-child runs in the store, so `heist run` and `heist pareto` print the same thing.
+A child run carries the Tune trial id as tag `heist.trial_id` from its creation and is complete once it is
+terminated (FINISHED or FAILED, the last call of `log_trial`): a trial with a complete run is never logged
+again, and a run left RUNNING by a kill mid-logging is deleted and logged afresh, which makes `heist resume`
+and `heist sync` safe at any moment. A failed trial's reason is its tag `heist.error`. The frontier is always
+computed from the child runs in the store, so `heist run` and `heist pareto` print the same thing.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from workloads.config import load_yaml
 TRIAL_TAG = "heist.trial_id"
 PARENT_TAG = "mlflow.parentRunId"
 KIND_TAG = "heist.kind"          # "sweep" on parent runs, "trial" on child runs
+ERROR_TAG = "heist.error"        # why a trial failed (one line)
 ARTIFACT_DIRS = {"ledgers": "ledger", "runs": "runs", "curves": "curves"}   # a trial's Parquet files on its run
 
 
@@ -139,31 +142,34 @@ class Tracker:
                 return runs
 
     def trial_runs(self) -> list:
-        """The child runs of logged trials, oldest first."""
-        return [r for r in self._children() if TRIAL_TAG in r.data.tags]
+        """The complete child runs of logged trials, oldest first."""
+        return [r for r in self._children() if TRIAL_TAG in r.data.tags and r.info.status != "RUNNING"]
 
     def log_trial(self, trial_id: str, defense: dict, metrics: dict[str, float], files: dict[str, Path] | None = None,
-                  failed: bool = False, label_keys=()) -> str | None:
+                  failed: bool = False, label_keys=(), error: str | None = None) -> str | None:
         """Log one finished trial as a child run; returns its run id, or None if it was logged before.
 
         `files` are the trial's Parquet files by kind: `ledgers` (the query ledger), `runs` (one row per attack
         run) and `curves` (budget checkpoints: logged as metric steps `curve/<metric>/<attack>`, step =
-        queries, and drawn as curves.png)."""
-        from mlflow.entities import Metric, Param, RunTag
+        queries, and drawn as curves.png). `error` is a failed trial's reason (tag `heist.error`)."""
+        from mlflow.entities import Metric, Param
 
-        if self._children(f" and tags.`{TRIAL_TAG}` = '{trial_id}'"):
-            return None
         client = _client(self.uri)
+        for old in self._children(f" and tags.`{TRIAL_TAG}` = '{trial_id}'"):
+            if old.info.status != "RUNNING":
+                return None
+            client.delete_run(old.info.run_id)        # half-logged when the driver died: log it again
         name = f"{defense['name']} {_label(defense, label_keys)}".strip()
-        run = client.create_run(self.experiment_id, run_name=name, tags={
-            PARENT_TAG: self.parent_run_id, KIND_TAG: "trial", "heist.sweep_id": self.sweep_id})
+        tags = {PARENT_TAG: self.parent_run_id, KIND_TAG: "trial", "heist.sweep_id": self.sweep_id, TRIAL_TAG: trial_id}
+        if error:
+            tags[ERROR_TAG] = error[:5000]
+        run = client.create_run(self.experiment_id, run_name=name, tags=tags)
         now = int(time.time() * 1000)
         files = {k: f for k, f in (files or {}).items() if f is not None and Path(f).exists()}
         params = [Param("defense", defense["name"])] + [Param(k, str(v)) for k, v in defense["params"].items()]
         steps = _curve_metrics(files["curves"], now) if "curves" in files else []
-        # the trial tag comes in the same batch as the metrics: a run with the tag is a complete record
-        client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()] + steps,
-                         params=params, tags=[RunTag(TRIAL_TAG, trial_id)])
+        client.log_batch(run.info.run_id, params=params, metrics=[
+            Metric(k, float(v), now, 0) for k, v in metrics.items()] + steps)
         for kind, path in files.items():
             client.log_artifact(run.info.run_id, str(path), ARTIFACT_DIRS.get(kind, kind))
         if "curves" in files:
@@ -171,7 +177,7 @@ class Tracker:
                 curves.plot(curves.summarize(pd.read_parquet(files["curves"]).to_dict("records")),
                             Path(tmp) / "curves.png")
                 client.log_artifact(run.info.run_id, str(Path(tmp) / "curves.png"))
-        client.set_terminated(run.info.run_id, "FAILED" if failed else "FINISHED")
+        client.set_terminated(run.info.run_id, "FAILED" if failed else "FINISHED")    # last: the run is complete
         return run.info.run_id
 
     # ---------------------------------------------------------------------------------- the frontier
