@@ -130,6 +130,35 @@ def trainable(cfg: SweepConfig, sweep_dir: Path, sweep_id: str):
     return tune.with_resources(fn, tune.PlacementGroupFactory(bundles(cfg), strategy="PACK"))
 
 
+class _Aborted(BaseException):
+    """Ctrl-C or SIGTERM arrived during a tracking call (a BaseException: libraries must not swallow it)."""
+
+
+@contextlib.contextmanager
+def _abortable():
+    """Ctrl-C and SIGTERM abort the tracking call in progress (a hung server would otherwise hold them for
+    MLflow's timeouts) and are then delivered to the handlers they were meant for (Tune's: stop the sweep)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def abort(signum, frame):
+        received.append(signum)
+        raise _Aborted
+
+    previous = {sig: signal.signal(sig, abort) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if received:
+            signal.raise_signal(received[0])
+
+
 class TrialLog:
     """Copies trial records to MLflow. When the store fails, warns once and stops trying for this run of the
     driver (no trial waits on a dead server); `sync` logs whatever is missing."""
@@ -150,9 +179,12 @@ class TrialLog:
         trial_id = record["trial_id"]
         files = {name: self.sweep_dir / name / f"{trial_id}.parquet" for name in TRIAL_FILES}
         try:
-            self.tracker.log_trial(trial_id, record["defense"], record["metrics"], files,
-                                   failed=record["status"] == "FAILED", error=record.get("error"),
-                                   label_keys=self.label_keys[record["defense"]["name"]])
+            with _abortable():
+                self.tracker.log_trial(trial_id, record["defense"], record["metrics"], files,
+                                       failed=record["status"] == "FAILED", error=record.get("error"),
+                                       label_keys=self.label_keys[record["defense"]["name"]])
+        except _Aborted:
+            self.offline = "interrupted while logging"
         except Exception as e:       # an HTTP error after bounded retries, a locked or unwritable store, ...
             self._fail(e)
 
@@ -160,7 +192,11 @@ class TrialLog:
         """Log every record MLflow lacks (trying again even after a failure); returns how many are still missing."""
         self.offline = None
         try:
-            logged = {r.data.tags["heist.trial_id"] for r in self.tracker.trial_runs()}
+            with _abortable():
+                logged = {r.data.tags["heist.trial_id"] for r in self.tracker.trial_runs()}
+        except _Aborted:
+            self.offline = "interrupted while logging"
+            return len(records(self.sweep_dir))
         except Exception as e:
             self._fail(e)
             return len(records(self.sweep_dir))
@@ -300,10 +336,12 @@ def _start_ray(cfg: SweepConfig) -> tuple[SweepConfig, bool]:
 
 def _finish(cfg: SweepConfig, tracker: Tracker, sweep_dir: Path, log: TrialLog, stopped: int | None = None) -> int:
     """The end of `run`, `resume` and `sync`: the frontier, or what is missing and the command that completes it."""
-    done, missing = records(sweep_dir), log.sync()
-    if len(done) < cfg.num_samples:
+    done = records(sweep_dir)
+    interrupted = len(done) < cfg.num_samples
+    missing = len(done) if interrupted and log.offline else log.sync()   # no second wait on a dead store
+    if interrupted:
         if not log.offline:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception, _Aborted), _abortable():
                 tracker.set_status("KILLED")
         print(f"\nsweep {tracker.sweep_id} stopped after {len(done)} of {cfg.num_samples} trials; "
               f"continue it with:\n  heist resume {sweep_dir}", flush=True)
@@ -350,7 +388,7 @@ def _fit(cfg: SweepConfig, tracker: Tracker, sweep_dir: Path, trials: int, first
         tuner.fit()
     except BaseException:     # a second Ctrl-C or SIGTERM (KeyboardInterrupt), or Tune itself failed
         if not log.offline:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception, _Aborted), _abortable():
                 tracker.set_status("KILLED")
         raise
     finally:
