@@ -343,7 +343,7 @@ def _finish(cfg: SweepConfig, tracker: Tracker, sweep_dir: Path, log: TrialLog, 
         if not log.offline:
             with contextlib.suppress(Exception, _Aborted), _abortable():
                 tracker.set_status("KILLED")
-        print(f"\nsweep {tracker.sweep_id} stopped after {len(done)} of {cfg.num_samples} trials; "
+        print(f"\nsweep {tracker.sweep_id} interrupted after {len(done)} of {cfg.num_samples} trials; "
               f"continue it with:\n  heist resume {sweep_dir}", flush=True)
         return 128 + (stopped or signal.SIGINT)
     if missing:

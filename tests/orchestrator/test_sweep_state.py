@@ -169,7 +169,7 @@ def test_sync_logs_each_recorded_trial_once(swept, capsys):
     for r in (record("t-a", 0), record("t-b", 1, "FAILED")):
         write_json(sweep_dir / RESULTS / f"{r['trial_id']}.json", r)
     assert main(["sync", str(sweep_dir)]) == 0 and main(["sync", str(sweep_dir)]) == 0
-    assert "stopped after 2 of 3 trials" in capsys.readouterr().out
+    assert "interrupted after 2 of 3 trials" in capsys.readouterr().out
     ids = [r.data.tags["heist.trial_id"] for r in tracker.trial_runs()]
     assert ids.count("t-a") == 1 and ids.count("t-b") == 1
     assert MlflowClient(cfg.tracking.uri).get_run(tracker.parent_run_id).info.status == "KILLED"
