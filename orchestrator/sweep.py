@@ -120,9 +120,10 @@ def defense_trial(config: dict, base: dict, sweep_dir: str, sweep_id: str) -> No
     for name, rows in (("ledgers", result.ledger), ("runs", result.runs), ("curves", result.curves)):
         if rows or name == "ledgers":
             ledger.write(rows, folder / name / f"{trial_id}.parquet", sweep_id=sweep_id, trial_id=trial_id)
+    metrics = {k: float(v) for k, v in result.metrics.items()}
     write_json(folder / RESULTS / f"{trial_id}.json",
-               record | {"status": "FINISHED", "error": None, "metrics": result.metrics, "ended": time.time()})
-    tune.report(result.metrics)
+               record | {"status": "FINISHED", "error": None, "metrics": metrics, "ended": time.time()})
+    tune.report(metrics)
 
 
 def trainable(cfg: SweepConfig, sweep_dir: Path, sweep_id: str):
