@@ -455,8 +455,11 @@ def sync(target: str) -> int:
 def resume(target: str) -> int:
     """Continue the interrupted sweep `target` (a directory or a sweep name/id); returns the exit code."""
     sweep_dir, cfg, tracker, log = _open(target)
+    import optuna
+
     done = records(sweep_dir)
-    queued = reconcile_study(cfg, sweep_dir, tracker.sweep_id, done)
+    fresh = tracker.sweep_id not in optuna.get_all_study_names(_storage(sweep_dir))   # killed before Tune began
+    queued = 0 if fresh else reconcile_study(cfg, sweep_dir, tracker.sweep_id, done)
     missing = cfg.num_samples - len(done)
     print(f"resuming sweep {tracker.sweep_id}: {len(done)} of {cfg.num_samples} trials done"
           + (f", {queued} interrupted trial(s) queued again" if queued else ""), flush=True)
@@ -466,7 +469,7 @@ def resume(target: str) -> int:
     cfg, started = _start_ray(cfg)
     try:
         tracker.set_status("RUNNING")
-        return _fit(cfg, tracker, sweep_dir, missing, first_run=False)
+        return _fit(cfg, tracker, sweep_dir, missing, first_run=fresh)
     finally:
         if started:
             ray.shutdown()
