@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orchestrator.cli import UserError, main
+from orchestrator.config import trial_config
 from orchestrator.sweep_config import dump, from_dict, plan
 from orchestrator.trial import trial_dict
-from orchestrator.config import trial_config
 from workloads.config import ConfigError, parse_yaml
 
 SWEEP = """\
@@ -93,7 +93,8 @@ def test_non_mapping_entries_where_a_mapping_belongs(write, capsys):
         path = write(SWEEP + f"search: {{points_to_evaluate: {entries}}}\n")
         assert one_line(capsys, ["validate", str(path)]) == f"heist validate: error: {message}"
     path = write(SWEEP.replace("budget: 100", "budget: 100, params: [1]"))
-    assert one_line(capsys, ["validate", str(path)]) == "heist validate: error: attacks[0].params: expected a mapping, got [1]"
+    assert one_line(capsys, ["validate", str(path)]) == (
+        "heist validate: error: attacks[0].params: expected a mapping, got [1]")
 
 
 def test_more_workers_than_budget_and_unknown_surrogates_fail_validation(write, capsys):
@@ -144,7 +145,8 @@ def check(text: str | bytes) -> None:
         pass
 
 
-FUZZ = settings(max_examples=300, deadline=5000, derandomize=True, suppress_health_check=[HealthCheck.too_slow], database=None)
+FUZZ = settings(max_examples=300, deadline=5000, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.too_slow])
 
 
 @FUZZ

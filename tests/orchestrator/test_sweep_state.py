@@ -18,8 +18,7 @@ import pytest
 from mlflow import MlflowClient
 
 from orchestrator.cli import main
-from orchestrator.sweep import (RESULTS, STATE_FILE, TrialLog, read_json, reconcile_study, records, searcher,
-                                write_json)
+from orchestrator.sweep import RESULTS, STATE_FILE, TrialLog, reconcile_study, records, searcher, write_json
 from orchestrator.sweep_config import SearchSpace, as_data, from_dict
 from orchestrator.tracking import Tracker
 
