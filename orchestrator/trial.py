@@ -254,7 +254,7 @@ SWEEP_KEYS = ("search", "objectives", "reference_point", "tracking", "defenses",
 def trial_dict(raw) -> dict:
     """The trial config of a YAML document: a trial YAML as it is, or a sweep YAML's first point
     (its first defense, each hyperparameter at its first value or lower bound)."""
-    from orchestrator.cli import UserError
+    from orchestrator.errors import UserError
     from orchestrator.sweep_config import from_dict
 
     if not isinstance(raw, dict):
@@ -325,7 +325,7 @@ def main(args) -> int:
     """`heist trial CONFIG [--set k=v ...] [--json out.json]`."""
     import yaml
 
-    from orchestrator.cli import UserError
+    from orchestrator.errors import UserError
 
     path = Path(args.config)
     if not path.is_file():
