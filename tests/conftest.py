@@ -45,7 +45,7 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs Debian's package dataset-fashion-mnist, which is not installed "
                                    "(`make install` installs it when run as root; else sudo apt-get install it)")
     for item in items:
-        if "fashion_mnist" in item.keywords:
+        if item.get_closest_marker("fashion_mnist"):
             item.add_marker(skip)
 
 
