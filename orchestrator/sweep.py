@@ -38,7 +38,7 @@ import ray
 from ray import tune
 
 from orchestrator import ledger
-from orchestrator.cli import UserError
+from orchestrator.errors import UserError
 from orchestrator.config import trial_config
 from orchestrator.sweep_config import DEFAULT_STORAGE, SearchSpace, SweepConfig, as_data, bundles, from_dict, plan
 from orchestrator.tracking import Tracker, check_reachable, print_frontier

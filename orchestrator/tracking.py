@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from orchestrator import curves, pareto
-from orchestrator.cli import UserError
+from orchestrator.errors import UserError
 from orchestrator.sweep_config import SweepConfig, dump, from_dict
 from workloads.config import load_yaml
 
