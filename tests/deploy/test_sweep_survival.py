@@ -39,9 +39,9 @@ def wait_for(condition, timeout: float, what: str) -> float:
         try:
             if condition():
                 return time.monotonic()
-        except OSError:           # a folder not there yet
+        except Exception:         # a folder not there yet, a study being written
             pass
-        time.sleep(0.05)
+        time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
@@ -83,8 +83,10 @@ def test_a_sweep_survives_a_dead_tracking_server_and_kills_of_its_driver(kit, sp
         return ([r for r in found if r.data.tags.get("heist.kind") == "sweep"],
                 [r for r in found if r.data.tags.get("heist.kind") == "trial"])
 
-    def tune_trial_started(attempt: int) -> bool:
-        return any(p.is_dir() for p in (sweep_dir / "tune" / f"attempt-{attempt}").iterdir())
+    def trial_in_flight() -> bool:
+        """The study holds a running trial: one the resumed driver asked for (resume fails every older one)."""
+        study = optuna.load_study(study_name=sweep_dir.name, storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+        return any(t.state == optuna.trial.TrialState.RUNNING for t in study.get_trials(deepcopy=False))
 
     # 1. The server dies once the parent run exists. The first trial's record is kept and the driver warns within
     #    seconds (MLflow's own retries would take minutes); Ctrl-C with the store gone exits within seconds.
@@ -108,7 +110,8 @@ def test_a_sweep_survives_a_dead_tracking_server_and_kills_of_its_driver(kit, sp
     server = start_server(kit, spawn, store, port)
     resumed, log = driver("resume-1", "resume", str(sweep_dir))
     try:
-        wait_for(lambda: tune_trial_started(1), 180, "the resumed trial")
+        wait_for(lambda: "resuming sweep" in log.read_text(), 120, "the resume to reconcile")
+        wait_for(trial_in_flight, 180, "the resumed trial")
     finally:
         resumed.kill()
         resumed.wait(30)
@@ -118,7 +121,9 @@ def test_a_sweep_survives_a_dead_tracking_server_and_kills_of_its_driver(kit, sp
     # 3. Resume again, SIGTERMed while its trial runs: handled like Ctrl-C, the parent marked KILLED.
     resumed, log = driver("resume-2", "resume", str(sweep_dir))
     try:
-        wait_for(lambda: tune_trial_started(2), 180, "the resumed trial")
+        wait_for(lambda: "resuming sweep" in log.read_text(), 120, "the resume to reconcile")
+        wait_for(trial_in_flight, 180, "the resumed trial")
+        time.sleep(2)                                           # its trial process is starting
     finally:
         code, seconds, out = stop(resumed, signal.SIGTERM, log)
     assert code == 143 and seconds < 30, f"exit {code} after {seconds:.0f} s:\n{out[-3000:]}"
