@@ -34,10 +34,10 @@ def service(ray_session, digits_victim):
     from orchestrator.service import VictimSpec, service_actor
 
     spec = VictimSpec("lenet5", SHAPE, 10)          # no dataset needed by the `none` defense
-    actor = service_actor(spec, ray_session.put(digits_victim.model.state_dict()), None,
-                          ServiceConfig(max_batch=512, max_wait_ms=2.0, num_cpus=0.5))
+    actor, owner = service_actor(spec, ray_session.put(digits_victim.model.state_dict()), None,
+                                 ServiceConfig(max_batch=512, max_wait_ms=2.0, num_cpus=0.5))
     ray_session.get(actor.ready.remote())
-    yield actor
+    yield actor, owner
     ray_session.kill(actor)
 
 
@@ -53,7 +53,8 @@ def test_ray_query_client_uneven_queries_use_budget_exactly(ray_session, service
     from workloads.attacks import BudgetExceeded
 
     ray = ray_session
-    workers, ids, budgets = spawn_attackers(service, "uneven", 3, 100, query_batch=7, max_in_flight=2, num_cpus=0.25)
+    service, owner = service
+    workers, ids, budgets = spawn_attackers(service, owner, "uneven", 3, 100, query_batch=7, max_in_flight=2, num_cpus=0.25)
     try:
         assert budgets == [34, 33, 33]
         client = RayQueryClient(workers, budgets)
@@ -62,7 +63,7 @@ def test_ray_query_client_uneven_queries_use_budget_exactly(ray_session, service
         assert [len(p) for p in parts] == [1, 5, 55, 39]
         np.testing.assert_allclose(np.concatenate(parts), softmax(digits_victim.model, x), atol=1e-5)
         assert client.used == client.budget == 100 and client.remaining == [0, 0, 0]
-        ledger = ray.get(service.ledger.remote())
+        ledger = ray.get(service.ledger.remote(owner))
         assert [ledger[c]["images"] for c in ids] == budgets
         with pytest.raises(BudgetExceeded):
             client.query(x[:1])
@@ -79,14 +80,15 @@ def test_benign_client_streams_in_order_with_latencies(ray_session, service, dig
     from orchestrator.attackers import BenignClient
 
     ray = ray_session
+    service, owner = service
     x = digits_victim.data.x_test.numpy()
-    ray.get(service.register.remote("benign-t", len(x), "benign"))
-    benign = BenignClient.options(num_cpus=0.25).remote(service, "benign-t", 100)
+    key = ray.get(service.register.remote(owner, "benign-t", len(x), "benign"))
+    benign = BenignClient.options(num_cpus=0.25).remote(service, "benign-t", key, 100)
     try:
         probs, latencies = ray.get(benign.run.remote(x))
         np.testing.assert_allclose(probs, softmax(digits_victim.model, x), atol=1e-5)
         assert len(latencies) == -(-len(x) // 100) and all(l > 0 for l in latencies)
-        rec = ray.get(service.ledger.remote())["benign-t"]
+        rec = ray.get(service.ledger.remote(owner))["benign-t"]
         assert rec["kind"] == "benign" and rec["images"] == len(x)
     finally:
         ray.kill(benign)

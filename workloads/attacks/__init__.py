@@ -114,11 +114,12 @@ class AttackConfig:
 
 @dataclasses.dataclass
 class VictimInfo:
-    """What an attacker knows about the victim's interface (public: input shape and classes)."""
+    """What an attacker knows about the victim's interface (public: input shape, classes, input range)."""
 
     shape: tuple[int, int, int]
     num_classes: int
     arch: str
+    input_range: tuple[float, float] = (0.0, 1.0)   # the service rejects queries with any pixel outside it
 
 
 Checkpoint = Callable[[int, nn.Module], None]
