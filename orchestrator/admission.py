@@ -119,7 +119,7 @@ class Request:
     future: asyncio.Future
     t_submit: float
     request_id: tuple[int, int] | None = None
-    digest: bytes = b""
+    fingerprint: bytes = b""
 
 
 class Clients:
@@ -195,8 +195,13 @@ def check_request_id(rec: ClientRecord, request_id: Any) -> tuple[int, int] | No
     return stream, seq
 
 
-def digest(x: np.ndarray) -> bytes:
-    return hashlib.blake2b(np.ascontiguousarray(x).tobytes(), digest_size=16).digest()
+def fingerprint(x: np.ndarray) -> bytes:
+    """A cheap fingerprint of a batch (every 16th value and the sum of all): guards against a client reusing a
+    request id for other images by mistake. For 256 CIFAR-shaped images it takes 0.6 ms, a full blake2b 3.7 ms,
+    their LeNet forward 23 ms (one thread, this machine)."""
+    flat = x.reshape(len(x), -1)
+    return hashlib.blake2b(flat[:, ::16].tobytes() + np.float64(flat.sum(dtype=np.float64)).tobytes(),
+                           digest_size=16).digest()
 
 
 def replay(rec: ClientRecord, request_id: tuple[int, int] | None, x: np.ndarray) -> Request | None:
@@ -210,7 +215,7 @@ def replay(rec: ClientRecord, request_id: tuple[int, int] | None, x: np.ndarray)
     request = rec.replies.get(seq)
     if request is None:
         return None
-    if request.n != len(x) or request.digest != digest(x):
+    if request.n != len(x) or request.fingerprint != fingerprint(x):
         rec.rejected += 1
         raise InvalidQuery(f"client {rec.client_id!r}: request_id: {request_id} was already used for other images")
     rec.replayed += 1

@@ -243,7 +243,7 @@ class _Service:
         admission.reserve(rec, len(x), self.cfg.max_queued)
         loop = asyncio.get_running_loop()
         request = Request(rec, rec.seq, x, len(x), loop.create_future(), time.perf_counter(), request_id,
-                          admission.digest(x) if request_id is not None else b"")
+                          admission.fingerprint(x) if request_id is not None else b"")
         rec.seq += 1
         if request_id is not None:
             rec.replies[request_id[1]] = request

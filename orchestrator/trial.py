@@ -199,7 +199,7 @@ def run_trial(cfg: TrialConfig, ledger_dir: str | Path | None = None) -> TrialRe
         return _run_trial(cfg, Path(ledger_dir))
     with tempfile.TemporaryDirectory(prefix="heist-ledger-") as tmp:
         result = _run_trial(cfg, Path(tmp))
-        result.ledger_rows, result.ledger_dir = result.ledger, None
+        result.ledger_rows, result.ledger_dir, result.info["ledger_dir"] = result.ledger, None, None
         return result
 
 

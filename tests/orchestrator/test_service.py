@@ -427,3 +427,26 @@ def test_a_merged_batch_whose_compute_raises_is_retried_request_by_request(digit
         np.testing.assert_allclose(outcomes[i], clean_answers(digits_victim.model, x[i]), atol=1e-5)
     assert [ledger[f"m{i}"]["images"] for i in range(5)] == [4, 4, 0, 4, 4] and ledger["m2"]["failed"] == 1
     assert stats["served_batches"] == 4 and {r["served_batch_images"] for r in rows} == {4}   # retried alone
+
+
+def test_request_ids_answer_resends_from_the_record_and_refuse_misuse(ray_session, service, digits_victim):
+    from orchestrator.service import InvalidQuery
+
+    ray = ray_session
+    service, owner = service
+    key = ray.get(service.register.remote(owner, "ids", 12))
+    x = np.random.default_rng(13).random((4, *SHAPE), dtype=np.float32)
+    first = ray.get(service.query.remote(key, x, (0, 0)))
+    np.testing.assert_array_equal(ray.get(service.query.remote(key, x, (0, 0))), first)     # resent: not charged
+    other = x.copy()
+    other[2, 0, 5, 5] = 1.0 - other[2, 0, 5, 5]
+    for bad_id, images, message in (((0, 0), other, "(0, 0) was already used for other images"),
+                                    ((0, -1), x, "request_id: expected (stream, seq)"),
+                                    ("0-0", x, "request_id: expected (stream, seq)")):
+        with pytest.raises(InvalidQuery, match=message.replace("(", r"\(").replace(")", r"\)")):
+            ray.get(service.query.remote(key, images, bad_id))
+    ray.get(service.query.remote(key, x, (1, 0)))                 # a new stream forgets the old one's answers
+    with pytest.raises(InvalidQuery, match="stream 0 is older than the client's current stream 1"):
+        ray.get(service.query.remote(key, x, (0, 0)))
+    rec = ray.get(service.ledger.remote(owner))["ids"]
+    assert (rec["images"], rec["batches"], rec["replayed"], rec["rejected"]) == (8, 2, 1, 4)
