@@ -24,9 +24,12 @@ class ServiceConfig:
                                        # forward; None = auto (256 on CPU, where that is fastest; 0 on GPU)
     num_cpus: float = 1.0
     num_gpus: float = 0.0          # fractional GPUs allowed; 0 on CPU-only clusters
+    explanations: bool = False     # serve `explain` (gradient explanations, charged per victim evaluation)
+    explanation_noise: float = 0.0  # Gaussian noise on explanations, std = this x each explanation's RMS
 
     def __post_init__(self):
         positive("max_batch", self.max_batch)
+        positive("explanation_noise", self.explanation_noise, 0)
         positive("max_request", self.max_request)
         if self.forward_batch is not None:
             positive("forward_batch", self.forward_batch, 0)
