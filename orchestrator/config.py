@@ -77,6 +77,12 @@ class TrialConfig:
                 raise ConfigError(f"attacks[{i}].surrogate.name: {a.surrogate.name!r} is the victim's own dataset, "
                                   f"whose train and test images would leak into the attacker's pool; use "
                                   f"surrogate.kind: split for its disjoint pool")
+        from workloads.attacks import REGISTRY
+
+        for i, a in enumerate(self.attacks):
+            if REGISTRY[a.name].explanations and not self.service.explanations:
+                raise ConfigError(f"service.explanations: attacks[{i}] ({a.name}) asks the victim for explanations; "
+                                  f"set service.explanations: true")
         keys = [a.key for a in self.attacks]
         if len(set(keys)) != len(keys):
             raise ConfigError(f"attacks: two attacks share the key {sorted(k for k in keys if keys.count(k) > 1)[0]!r};"

@@ -170,3 +170,13 @@ def test_defense_applies_to_the_generators_zeroth_order_queries(ray_session, att
             assert np.abs(answers - clean.numpy()).sum(1).mean() > 0.05
     finally:
         ray.kill(actor)
+
+
+def test_trial_config_refuses_megex_without_explanations():
+    from orchestrator.config import trial_config
+    from workloads.config import ConfigError
+
+    attacks = [{"name": "dfme", "budget": 2000}, {"name": "megex", "budget": 2000}]
+    with pytest.raises(ConfigError, match=r"service.explanations: attacks\[1\] \(megex\)"):
+        trial_config({"attacks": attacks})
+    assert trial_config({"attacks": attacks, "service": {"explanations": True}}).service.explanations

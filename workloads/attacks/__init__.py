@@ -169,6 +169,7 @@ class AttackSpec:
     params: type
     steal: Callable
     labels: str            # the label mode of the attack's paper ("soft" / "hard")
+    explanations: bool = False   # calls QueryClient.explain (the service must serve explanations)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,11 +180,13 @@ class NoParams:
 REGISTRY: dict[str, AttackSpec] = {}
 
 
-def register(name: str, params_cls: type = NoParams, labels: Literal["soft", "hard"] = "soft"):
-    """Register `steal(cfg, params, client, pool, victim, checkpoint) -> substitute` under `name`."""
+def register(name: str, params_cls: type = NoParams, labels: Literal["soft", "hard"] = "soft",
+             explanations: bool = False):
+    """Register `steal(cfg, params, client, pool, victim, checkpoint) -> substitute` under `name`;
+    `explanations=True` when it calls `client.explain`."""
 
     def deco(fn):
-        REGISTRY[name] = AttackSpec(params_cls, fn, labels)
+        REGISTRY[name] = AttackSpec(params_cls, fn, labels, explanations)
         return fn
 
     return deco
