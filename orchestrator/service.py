@@ -32,8 +32,10 @@ additions plug in without rewrites:
   Log rows carry `request` ("query" / "explain") and `inputs` (images sent; `images` is what was charged).
 
 Timing: for every served (forward) batch the service measures the clean cost (forward + softmax) and
-the defended cost (+ defense), so `defense_latency_ms` (the added serving latency per query batch) is
-the mean of their difference over served batches (`stats()["defense_ms_mean"]`).
+the defended cost (+ defense), so the added serving latency per image (`defense_latency_us`) is the
+total defense time over the images served (`stats()["defense_us_per_image"]`), whatever the batching.
+The perturbation ‖defended − clean‖₁ of every answered image is summed per client (`l1` in the ledger),
+so how much a defense moves the attacker's own queries is measured, not only the test set's.
 """
 from __future__ import annotations
 
@@ -72,11 +74,12 @@ class ClientRecord:
     refused: int = 0             # requests refused because of the budget
     rejected: int = 0            # requests rejected by input validation
     seq: int = 0                 # number of the next accepted request
+    l1: float = 0.0              # Σ over answered images of ‖defended − clean‖₁ (the defense's perturbation)
     state: dict = dataclasses.field(default_factory=dict)  # for gates/defenses: PoW tickets, leakage, ...
 
     def summary(self) -> dict:
         return {k: getattr(self, k) for k in
-                ("client_id", "kind", "budget", "images", "batches", "seconds", "refused", "rejected")}
+                ("client_id", "kind", "budget", "images", "batches", "seconds", "refused", "rejected", "l1")}
 
 
 @dataclasses.dataclass
@@ -205,6 +208,7 @@ class _Service:
                 "max_batch_images": int(b[:, 0].max()) if n else 0,
                 "forward_ms_mean": float(b[:, 1].mean()) if n else 0.0,
                 "defense_ms_mean": float(b[:, 2].mean()) if n else 0.0,
+                "defense_us_per_image": float(b[:, 2].sum() * 1e3 / b[:, 0].sum()) if n else 0.0,
                 "device": str(self.device), "threads": self.num_threads}
 
     # ---------------------------------------------------------------- the query path
@@ -214,11 +218,11 @@ class _Service:
         x = self._validate(rec, x)
         request = self._admit(rec, x)
         try:
-            answer, t_start, t_end, served, batch_id = await request.future
+            answer, l1, t_start, t_end, served, batch_id = await request.future
         except BaseException:
             rec.reserved -= len(x)
             raise
-        self._charge(rec, request, t_start, t_end, served, batch_id)
+        self._charge(rec, request, l1, t_start, t_end, served, batch_id)
         return await self.gate.release(rec, request, answer)
 
     async def explain(self, client_id: str, x, mode: str = "top1", weights=None, explainer: str = "vanilla",
@@ -240,11 +244,11 @@ class _Service:
             raise InvalidQuery(f"client {rec.client_id!r}: {e}") from None
         req = self._admit(rec, x, cost=len(x) * request.cost(self.num_classes), explain=(request, weights))
         try:
-            answer, t_start, t_end, served, batch_id = await req.future
+            answer, l1, t_start, t_end, served, batch_id = await req.future
         except BaseException:
             rec.reserved -= req.cost
             raise
-        self._charge(rec, req, t_start, t_end, served, batch_id)
+        self._charge(rec, req, l1, t_start, t_end, served, batch_id)
         return await self.gate.release(rec, req, answer)
 
     def _explain_request(self, rec: ClientRecord, x, mode, weights, explainer, samples, sigma):
@@ -306,14 +310,15 @@ class _Service:
         self._queue.put_nowait(request)
         return request
 
-    def _charge(self, rec: ClientRecord, req: Request, t_start: float, t_end: float, served: int,
+    def _charge(self, rec: ClientRecord, req: Request, l1: float, t_start: float, t_end: float, served: int,
                 batch_id: int) -> None:
         n = req.cost
         rec.reserved -= n
         rec.images += n
         rec.batches += 1
         rec.seconds += t_end - req.t_submit
-        self._log.append({"client": rec.client_id, "kind": rec.kind, "seq": req.seq, "images": n,
+        rec.l1 += l1
+        self._log.append({"client": rec.client_id, "kind": rec.kind, "seq": req.seq, "images": n, "l1": l1,
                           "request": "query" if req.explain is None else "explain", "inputs": len(req.x),
                           "queue_ms": (t_start - req.t_submit) * 1e3, "compute_ms": (t_end - t_start) * 1e3,
                           "served_batch_images": served, "batch": batch_id,
@@ -365,7 +370,7 @@ class _Service:
         weights = np.concatenate([r.explain[1] for r in batch]) if request.mode == "vjp" else None
         t_start = time.perf_counter()
         try:
-            probs, grads = await asyncio.get_running_loop().run_in_executor(
+            probs, grads, l1 = await asyncio.get_running_loop().run_in_executor(
                 self._pool, self._compute_explanations, x, request, weights)
         except Exception as e:
             for r in batch:
@@ -378,11 +383,13 @@ class _Service:
         for r in batch:
             hi = lo + len(r.x)
             if not r.future.done():
-                r.future.set_result(((probs[lo:hi], grads[lo:hi]), t_start, t_end, len(x), batch_id))
+                r.future.set_result(((probs[lo:hi], grads[lo:hi]), float(l1[lo:hi].sum()), t_start, t_end, len(x),
+                                     batch_id))
             lo = hi
 
     def _compute_explanations(self, x: np.ndarray, request, weights: np.ndarray | None):
-        """Explanations (with explanation noise) and the defended prediction at x. Runs in the compute thread."""
+        """Explanations (with explanation noise), the defended prediction at x and each row's
+        ‖defended − clean‖₁. Runs in the compute thread."""
         from workloads.explanations import add_noise, explain
 
         torch = self._torch
@@ -392,13 +399,14 @@ class _Service:
         grads = add_noise(grads, self.cfg.explanation_noise, self._explain_noise_rng)
         with torch.inference_mode():
             answer = self.defense(probs, xt)
-        return answer.float().cpu().numpy(), grads.float().cpu().numpy()
+            l1 = (answer.double() - probs.double()).abs().sum(1).cpu().numpy()
+        return answer.float().cpu().numpy(), grads.float().cpu().numpy(), l1
 
     async def _serve_queries(self, batch: list[Request]) -> None:
         x = np.concatenate([r.x for r in batch])               # a fresh, writable, contiguous buffer
         t_start = time.perf_counter()
         try:
-            probs, fwd_ms, def_ms = await asyncio.get_running_loop().run_in_executor(self._pool, self._compute, x)
+            probs, l1, fwd_ms, def_ms = await asyncio.get_running_loop().run_in_executor(self._pool, self._compute, x)
         except Exception as e:  # a model/defense failure fails this batch's requests, not the service
             for r in batch:
                 if not r.future.done():
@@ -411,11 +419,12 @@ class _Service:
         for r in batch:
             hi = lo + len(r.x)
             if not r.future.done():
-                r.future.set_result((probs[lo:hi], t_start, t_end, len(x), batch_id))
+                r.future.set_result((probs[lo:hi], float(l1[lo:hi].sum()), t_start, t_end, len(x), batch_id))
             lo = hi
 
-    def _compute(self, x: np.ndarray) -> tuple[np.ndarray, float, float]:
-        """One forward + softmax (clean) and the defense (defended), timed separately. Runs in the compute thread."""
+    def _compute(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """One forward + softmax (clean) and the defense (defended), timed separately; the defended answers
+        and each row's ‖defended − clean‖₁. Runs in the compute thread."""
         torch = self._torch
         cuda = self.device.type == "cuda"
         with torch.inference_mode():
@@ -431,8 +440,9 @@ class _Service:
             if cuda:
                 torch.cuda.synchronize(self.device)
             t2 = time.perf_counter()
+            l1 = (out.double() - probs.double()).abs().sum(1).cpu().numpy()
             answer = out.float().cpu().numpy()
-        return answer, (t1 - t0) * 1e3, (t2 - t1) * 1e3
+        return answer, l1, (t1 - t0) * 1e3, (t2 - t1) * 1e3
 
 
 @ray.remote
