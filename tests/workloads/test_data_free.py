@@ -43,7 +43,7 @@ def test_attack_spends_exactly_its_budget(digits_victim, name, params, per_itera
     budget = 3 * per_iteration + 37          # three iterations and a leftover
     _, used, checkpoints = run(digits_victim, name, budget, params)
     assert used == budget
-    assert checkpoints == [2 * per_iteration, budget]      # every epoch_itrs=2 iterations, then the end
+    assert checkpoints == [per_iteration, 2 * per_iteration, budget]      # after every iteration, then the end
 
 
 def test_megex_cost_per_generator_image():

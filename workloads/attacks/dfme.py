@@ -63,7 +63,7 @@ class GeneratorAttackParams:
     nz: int = 256
     ngf: int = 64
     prob_floor: float = 0.0            # > 0: floor answers at this probability instead of refusing zeros
-    checkpoint_every: int = 0          # iterations between checkpoint calls; 0 = at every epoch's end
+    checkpoint_every: int = 1          # iterations between checkpoint(queries, student) calls (and at the end)
 
     def __post_init__(self):
         for name in ("batch_size", "g_iter", "d_iter", "epoch_itrs", "nz", "ngf"):
@@ -72,7 +72,7 @@ class GeneratorAttackParams:
         above("lr_G", self.lr_G)
         above("scale", self.scale)
         in_range("prob_floor", self.prob_floor, 0.0, 0.1)
-        positive("checkpoint_every", self.checkpoint_every, 0)
+        positive("checkpoint_every", self.checkpoint_every)
         for i, s in enumerate(self.steps):
             in_range(f"steps[{i}]", s, 0.0, 1.0)
 
@@ -178,7 +178,6 @@ def run_generator_attack(cfg, params: GeneratorAttackParams, client, victim_info
     gen = torch.Generator().manual_seed(derive_seed("attack/sampling", cfg.seed))
     victim = Victim(client, name, params.prob_floor, device)
     ctx = GeneratorContext(params, generator, student, opt_g, victim, gen, device, victim_info.num_classes)
-    every = params.checkpoint_every or params.epoch_itrs
 
     def student_step(n: int) -> None:
         generator.train()
@@ -201,7 +200,7 @@ def run_generator_attack(cfg, params: GeneratorAttackParams, client, victim_info
         if it % params.epoch_itrs == 0:
             for s in schedulers:
                 s.step()
-        if checkpoint is not None and it % every == 0 and it < iterations:
+        if checkpoint is not None and it % params.checkpoint_every == 0 and it < iterations:
             checkpoint(used, student.eval())
     leftover = cfg.budget - used
     while leftover:
