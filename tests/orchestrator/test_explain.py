@@ -9,7 +9,7 @@ import torch
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
 
 SHAPE = (1, 8, 8)
-TINY = {"batch_size": 16, "ngf": 8, "nz": 16, "epoch_itrs": 2}
+TINY = {"batch_size": 16, "ngf": 8, "nz": 16}
 
 
 def cause_message(err: BaseException) -> str:

@@ -10,7 +10,7 @@ from workloads.attacks.megex import generator_cost
 from workloads.config import ConfigError
 from workloads.models import build_model
 
-TINY = {"batch_size": 16, "ngf": 8, "nz": 16, "epoch_itrs": 2}
+TINY = {"batch_size": 16, "ngf": 8, "nz": 16}
 
 
 def info(victim):

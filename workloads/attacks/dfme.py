@@ -15,8 +15,10 @@ Query cost per iteration = B (g_iter (m + 1) + d_iter) = 1,792 at the defaults. 
 goes through the QueryClient, hence through the service's defense and ledger (the DCP reference code
 lets the generator's queries through undefended; Heist cannot). The reference stops once fewer than one
 iteration's queries are left; here the leftover (< one iteration) trains the student on one last
-batch, so the attack spends exactly its budget. Schedules step per epoch of `epoch_itrs` iterations:
-epochs = budget // (cost . epoch_itrs) + 1, milestones at `steps` of them, x `scale` (reference).
+batch, so the attack spends exactly its budget. The learning rates drop by `scale` at the fractions `steps`
+of the run (or anneal with cosine), counted in iterations; the reference counts in epochs of 50 iterations
+(epochs = budget // (cost . 50) + 1): the same at its 2M-20M budgets, but at small budgets its first
+milestone falls on epoch 0 and cuts every learning rate from the start.
 
 The attack needs scores (log v): answers with zero probabilities (label-only, top-k, rounding) are refused
 with `ScoresRequired` unless `prob_floor` > 0 floors them (then rows are renormalised).
@@ -55,9 +57,8 @@ class GeneratorAttackParams:
     lr_G: float = 1e-4
     generator_optimizer: Literal["adam", "sgd"] = "adam"   # MAZE preset: SGD, momentum 0.9
     schedule: Literal["multistep", "cosine", "none"] = "multistep"
-    steps: tuple[float, ...] = (0.1, 0.3, 0.5)             # multistep milestones, fractions of the epochs
+    steps: tuple[float, ...] = (0.1, 0.3, 0.5)             # multistep milestones, fractions of the iterations
     scale: float = 0.3
-    epoch_itrs: int = 50
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nz: int = 256
@@ -66,7 +67,7 @@ class GeneratorAttackParams:
     checkpoint_every: int = 1          # iterations between checkpoint(queries, student) calls (and at the end)
 
     def __post_init__(self):
-        for name in ("batch_size", "g_iter", "d_iter", "epoch_itrs", "nz", "ngf"):
+        for name in ("batch_size", "g_iter", "d_iter", "nz", "ngf"):
             positive(name, getattr(self, name))
         above("lr_S", self.lr_S)
         above("lr_G", self.lr_G)
@@ -159,7 +160,6 @@ def run_generator_attack(cfg, params: GeneratorAttackParams, client, victim_info
     check_budget(cfg.budget, cost, name)
     device = default_device()
     iterations = cfg.budget // cost
-    epochs = cfg.budget // (cost * params.epoch_itrs) + 1
     student = new_substitute(cfg.substitute_arch or victim_info.arch, victim_info, cfg.seed).to(device)
     generator = build_generator(victim_info.shape, params.nz, params.ngf,
                                 derive_seed("attack/generator", cfg.seed)).to(device)
@@ -172,9 +172,9 @@ def run_generator_attack(cfg, params: GeneratorAttackParams, client, victim_info
     for opt in (opt_s, opt_g):
         if params.schedule == "multistep":
             schedulers.append(torch.optim.lr_scheduler.MultiStepLR(
-                opt, [int(s * epochs) for s in params.steps], params.scale))
+                opt, [max(1, int(s * iterations)) for s in params.steps], params.scale))
         elif params.schedule == "cosine":
-            schedulers.append(torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs))
+            schedulers.append(torch.optim.lr_scheduler.CosineAnnealingLR(opt, iterations))
     gen = torch.Generator().manual_seed(derive_seed("attack/sampling", cfg.seed))
     victim = Victim(client, name, params.prob_floor, device)
     ctx = GeneratorContext(params, generator, student, opt_g, victim, gen, device, victim_info.num_classes)
@@ -197,9 +197,8 @@ def run_generator_attack(cfg, params: GeneratorAttackParams, client, victim_info
         for _ in range(params.d_iter):
             student_step(b)
         used += cost
-        if it % params.epoch_itrs == 0:
-            for s in schedulers:
-                s.step()
+        for s in schedulers:
+            s.step()
         if checkpoint is not None and it % params.checkpoint_every == 0 and it < iterations:
             checkpoint(used, student.eval())
     leftover = cfg.budget - used
