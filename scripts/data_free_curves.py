@@ -74,6 +74,11 @@ def run(args) -> None:
                       f"({row['seconds']:.0f} s)", flush=True)
 
 
+def sd(values) -> float:
+    """Sample standard deviation (0 for one value)."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def report(args) -> None:
     rows = [json.loads(line) for line in Path(args.out).read_text().splitlines()]
     groups: dict = {}
@@ -87,8 +92,8 @@ def report(args) -> None:
         final = np.array([r["curve"][-1][1] for r in rs])
         reach = [next((q for q, a in r["curve"] if a >= args.level * victim_acc), None) for r in rs]
         hit = [q for q in reach if q is not None]
-        reach_text = f"{np.mean(hit):,.0f} ± {np.std(hit):,.0f} ({len(hit)}/{len(rs)})" if hit else f"not reached (0/{len(rs)})"
-        print(f"| {method} | {defense} | {len(rs)} | {final.mean():.4f} ± {final.std():.4f} | {reach_text} |")
+        reach_text = f"{np.mean(hit):,.0f} ± {sd(hit):,.0f} ({len(hit)}/{len(rs)})" if hit else f"not reached (0/{len(rs)})"
+        print(f"| {method} | {defense} | {len(rs)} | {final.mean():.4f} ± {sd(final):.4f} | {reach_text} |")
     if args.plot:
         import matplotlib
 
@@ -105,7 +110,8 @@ def report(args) -> None:
                 q = np.array([p[0] for p in rs[0]["curve"][:n]])
                 acc = np.array([[p[1] for p in r["curve"][:n]] for r in rs])
                 ax.plot(q, acc.mean(0), label=method)
-                ax.fill_between(q, acc.mean(0) - acc.std(0), acc.mean(0) + acc.std(0), alpha=0.2)
+                spread = acc.std(0, ddof=1) if len(acc) > 1 else np.zeros(n)
+                ax.fill_between(q, acc.mean(0) - spread, acc.mean(0) + spread, alpha=0.2)
             ax.axhline(victim_acc, color="k", ls="--", lw=0.8)
             ax.set_title(f"defense: {defense}")
             ax.set_xlabel("queries (victim evaluations)")
