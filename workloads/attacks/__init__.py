@@ -2,8 +2,9 @@
 
 An attack never holds the victim: it talks to a `QueryClient`, which answers `query(x)` with the
 (defended) posteriors and counts every image against the attack's budget; `explain(x, request)`
-returns gradient explanations (workloads.explanations) and counts their victim evaluations. In-process tests use
-`LocalQueryClient`; trials use a client that fans queries out over Ray attacker workers.
+returns gradient explanations (workloads.explanations) and counts their victim evaluations.
+In-process tests use `LocalQueryClient`; trials use a client that fans queries out over Ray attacker
+workers.
 
 Each attack lives in its own module and registers itself with its typed Params (the YAML's
 `attacks[].params`) and the label mode of its paper:
@@ -28,7 +29,7 @@ import torch.nn as nn
 
 from workloads.config import ConfigError, check_choice, parse, positive
 from workloads.data import SURROGATE_KINDS
-from workloads.explanations import ExplainRequest
+from workloads.explanations import ExplainRequest, add_noise, check_weights, explain
 from workloads.training import TrainConfig
 
 
@@ -62,7 +63,6 @@ class LocalQueryClient:
     def from_model(cls, model: nn.Module, budget: int, defense: Callable | None = None,
                    explanation_noise: float = 0.0, seed: int = 0) -> "LocalQueryClient":
         """A client of `model` behind `defense(probs, x)` (none: the clean posteriors), explanations on."""
-        from workloads.explanations import add_noise, explain
         from workloads.seeds import derive_seed
 
         defend = defense or (lambda p, x: p)
@@ -87,8 +87,6 @@ class LocalQueryClient:
             return self.answer(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
 
     def explain(self, x: np.ndarray, request: ExplainRequest, weights: np.ndarray | None = None):
-        from workloads.explanations import check_weights
-
         if self.explainer is None:
             raise ValueError("explain: this client was built without an explainer (use LocalQueryClient.from_model)")
         check_weights(weights, len(x), self.num_classes, request.mode)
