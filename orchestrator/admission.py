@@ -90,7 +90,8 @@ class ClientRecord:
     images: int = 0              # images answered and charged
     batches: int = 0             # requests answered
     seconds: float = 0.0         # service time of answered requests (queueing + compute)
-    reserved: int = 0            # images accepted and queued, not yet answered
+    reserved: int = 0            # images (victim evaluations) accepted and queued, not yet charged
+    queued: int = 0              # input images of this client's queued requests (what back-pressure caps)
     refused: int = 0             # requests refused because of the budget
     rejected: int = 0            # requests rejected by input validation
     throttled: int = 0           # requests refused because the client had its cap of images queued
@@ -115,11 +116,13 @@ class Request:
     client: ClientRecord
     seq: int
     x: np.ndarray | None
-    n: int
+    n: int                       # input images
+    cost: int                    # images charged: n for a query, n x the evaluations per image for an explanation
     future: asyncio.Future
     t_submit: float
     request_id: tuple[int, int] | None = None
     fingerprint: bytes = b""
+    explain: Any = None          # (ExplainRequest, weights) for an explanation request; None for a query
 
 
 class Clients:
@@ -222,17 +225,19 @@ def replay(rec: ClientRecord, request_id: tuple[int, int] | None, x: np.ndarray)
     return request
 
 
-def reserve(rec: ClientRecord, n: int, max_queued: int) -> None:
-    """Hold n images of the client's budget for a queued request; BudgetExceeded or Overloaded if it cannot."""
+def reserve(rec: ClientRecord, n: int, cost: int, max_queued: int, what: str) -> None:
+    """Hold `cost` images of the client's budget for a queued request of n input images (`what` names it);
+    BudgetExceeded, or Overloaded when the client already has `max_queued` input images queued."""
     from workloads.attacks import BudgetExceeded
 
     used = rec.images + rec.reserved
-    if used + n > rec.budget:
+    if used + cost > rec.budget:
         rec.refused += 1
-        raise BudgetExceeded(f"client {rec.client_id!r}: a query of {n} images exceeds its budget "
+        raise BudgetExceeded(f"client {rec.client_id!r}: {what} exceeds its budget "
                              f"({used} used, budget {rec.budget}); nothing was charged")
-    if rec.reserved + n > max_queued:
+    if rec.queued + n > max_queued:
         rec.throttled += 1
-        raise Overloaded(f"client {rec.client_id!r}: {rec.reserved} images already queued, a query of {n} would pass "
+        raise Overloaded(f"client {rec.client_id!r}: {rec.queued} images already queued, {what} would pass "
                          f"the cap of {max_queued} (service.max_queued); nothing was charged, retry after answers arrive")
-    rec.reserved += n
+    rec.reserved += cost
+    rec.queued += n

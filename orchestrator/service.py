@@ -22,7 +22,8 @@ defense. Clients (attacker workers, the benign client) send batches of images; t
 
 The Ray actor `VictimService` exposes only its public methods and keeps the engine (`_Service`) in an
 attribute, so nothing underscored is callable through the handle: `ready()` (the interface: shape, classes,
-input range, request limits) for anyone; `query(key, x, request_id)` and `usage(key)` for a registered client;
+input range, request limits) for anyone; `query(key, x, request_id)`, `explain(key, x, ...)` and `usage(key)`
+for a registered client;
 `register`, `ledger`, `stats`, `request_log` and `flush_log` for the owner (the token `service_actor`
 returns). Per-client state lives in the engine (`ClientRecord`, one per client) so later additions plug in
 without rewrites:
@@ -31,9 +32,16 @@ without rewrites:
   keeps the computed answer in `record.state` and releases it from a new `redeem(key, ticket, stamp)`
   method once the stamp verifies; its difficulty can follow a leakage estimate also kept in
   `record.state`. Clients then treat a non-ndarray reply as a challenge.
-* an `explain(key, x)` method (gradient explanations charged as queries): another entry point that
-  resolves the client with `_client(key)` and validates and charges through the same `_validate` /
-  `_admit` / `_charge` path and the same records.
+* `explain(key, x, mode, weights, explainer, samples, sigma, request_id)`: gradient explanations of the
+  victim (workloads.explanations), off unless `service.explanations` is true. It resolves the client with
+  `_client(key)` and validates, admits and charges through the same `_validate` / `_admit` / `_charge`
+  path, records and ledger as `query`; an explanation is charged its victim evaluations
+  (`ExplainRequest.cost`: K per image for a full Jacobian, n per image for SmoothGrad). The batcher serves
+  queries and explanations from the same queue: queries in one forward, explanation requests with the same
+  settings in one batched gradient computation, both in the compute thread. The output defense applies to
+  the prediction that comes with every explanation; `service.explanation_noise` adds Gaussian noise to the
+  explanations (a defense knob of its own). Log rows carry `request` ("query" / "explain") and `inputs`
+  (images sent; `images` is what was charged).
 Each new entry point needs its one-line delegating method on the `VictimService` actor.
 
 Timing: for every served (forward) batch the service measures the clean cost (forward + softmax) and
@@ -103,22 +111,28 @@ class VictimSpec:
 
 @dataclasses.dataclass
 class ServedStats:
-    """Running totals over served (forward) batches: constant memory however long the service runs."""
+    """Running totals over served batches: constant memory however long the service runs."""
 
-    batches: int = 0
+    served: int = 0              # served batches, queries and explanations (the `batch` number of log rows)
+    batches: int = 0             # served query batches (forward + defense), over which the timings are
     images: int = 0
     max_images: int = 0
     forward_ms: float = 0.0
     defense_ms: float = 0.0
 
     def add(self, images: int, forward_ms: float, defense_ms: float) -> int:
-        """Count one served batch; returns its number."""
+        """Count one served query batch; returns its number."""
         self.batches += 1
         self.images += images
         self.max_images = max(self.max_images, images)
         self.forward_ms += forward_ms
         self.defense_ms += defense_ms
-        return self.batches - 1
+        return self.next()
+
+    def next(self) -> int:
+        """The number of the next served batch (an explanation batch counts here only)."""
+        self.served += 1
+        return self.served - 1
 
 
 class _Service:
@@ -133,6 +147,7 @@ class _Service:
         from orchestrator.config import ServiceConfig
         from workloads.defenses import DefenseConfig, DefenseContext, build_defense
         from workloads.models import build_model
+        from workloads.seeds import derive_seed
 
         if not isinstance(owner, str) or len(owner) < 16:
             raise ValueError("owner: expected the owner token (a secret string, see admission.new_token)")
@@ -154,6 +169,8 @@ class _Service:
         ctx = DefenseContext(victim=self.model, dataset=data, arch=spec.arch, seed=spec.seed, device=self.device)
         self.defense = build_defense(defense or DefenseConfig(), ctx)
         self.gate = gate or OpenGate()
+        self._explain_rng = torch.Generator(self.device).manual_seed(derive_seed("explainer/sampling", spec.seed))
+        self._explain_noise_rng = torch.Generator(self.device).manual_seed(derive_seed("defense/noise", spec.seed))
         self.clients = admission.Clients()
         self.log = RequestLog(log_dir, self.cfg.log_chunk)
         self.served = ServedStats()
@@ -232,6 +249,43 @@ class _Service:
         answer = await asyncio.shield(request.future)   # a cancelled caller does not cancel the computation
         return await self.gate.release(rec, request, answer)
 
+    async def explain(self, key: str, x, mode: str = "top1", weights=None, explainer: str = "vanilla",
+                      samples: int = 50, sigma: float = 0.15, request_id: tuple[int, int] | None = None) -> Any:
+        """Gradient explanations of the batch x of the client holding `key` (workloads.explanations): the reply
+        is (defended posteriors (n, K), explanations (n, rows, C, H, W)), both float32; charged
+        `ExplainRequest.cost` victim evaluations per image. `request_id` as for `query`."""
+        from workloads.explanations import check_weights
+
+        rec = self._client(key)
+        setting = self._explain_request(rec, mode, explainer, samples, sigma)
+        x = self._validate(rec, x)
+        if weights is not None:
+            weights = np.asarray(weights, dtype=np.float32)
+        try:
+            check_weights(weights, len(x), self.num_classes, setting.mode)
+        except ValueError as e:
+            rec.rejected += 1
+            raise InvalidQuery(f"client {rec.client_id!r}: {e}") from None
+        request_id = admission.check_request_id(rec, request_id)
+        request = admission.replay(rec, request_id, x) or self._admit(
+            rec, x, request_id, cost=len(x) * setting.cost(self.num_classes), explain=(setting, weights))
+        answer = await asyncio.shield(request.future)
+        return await self.gate.release(rec, request, answer)
+
+    def _explain_request(self, rec: ClientRecord, mode, explainer, samples, sigma):
+        from workloads.config import ConfigError
+        from workloads.explanations import ExplainRequest
+
+        if not self.cfg.explanations:
+            rec.rejected += 1
+            raise InvalidQuery(f"client {rec.client_id!r}: service.explanations: explanations are off for this "
+                               f"service (set service.explanations: true to serve them)")
+        try:
+            return ExplainRequest(mode, explainer, samples, sigma)
+        except ConfigError as e:
+            rec.rejected += 1
+            raise InvalidQuery(f"client {rec.client_id!r}: {e}") from None
+
     def _client(self, key: str) -> ClientRecord:
         """The client a key was issued to (the one place a caller becomes a client); UnknownClient otherwise."""
         return self.clients.resolve(key)
@@ -239,11 +293,15 @@ class _Service:
     def _validate(self, rec: ClientRecord, x) -> np.ndarray:
         return admission.validate(rec, x, self.shape, self.input_range, self.cfg.max_request)
 
-    def _admit(self, rec: ClientRecord, x: np.ndarray, request_id: tuple[int, int] | None = None) -> Request:
-        admission.reserve(rec, len(x), self.cfg.max_queued)
+    def _admit(self, rec: ClientRecord, x: np.ndarray, request_id: tuple[int, int] | None = None, *, cost: int = 0,
+               explain=None) -> Request:
+        """Reserve the request's cost (`cost` images, default one per image) and queue it."""
+        n, cost = len(x), cost or len(x)
+        what = f"a query of {n} images" if explain is None else f"an explanation of {n} images ({cost} evaluations)"
+        admission.reserve(rec, n, cost, self.cfg.max_queued, what)
         loop = asyncio.get_running_loop()
-        request = Request(rec, rec.seq, x, len(x), loop.create_future(), time.perf_counter(), request_id,
-                          admission.fingerprint(x) if request_id is not None else b"")
+        request = Request(rec, rec.seq, x, n, cost, loop.create_future(), time.perf_counter(), request_id,
+                          admission.fingerprint(x) if request_id is not None else b"", explain)
         rec.seq += 1
         if request_id is not None:
             rec.replies[request_id[1]] = request
@@ -251,16 +309,18 @@ class _Service:
         self._queue.put_nowait(request)
         return request
 
-    def _charge(self, req: Request, answer: np.ndarray, l1: float, t_start: float, t_end: float, served: int,
+    def _charge(self, req: Request, answer: Any, l1: float, t_start: float, t_end: float, served: int,
                 batch_id: int) -> None:
         """Charge an answered request to its client, log it and hand its answer to the waiting caller(s)."""
-        rec, n = req.client, req.n
-        rec.reserved -= n
-        rec.images += n
+        rec = req.client
+        rec.reserved -= req.cost
+        rec.queued -= req.n
+        rec.images += req.cost
         rec.batches += 1
         rec.seconds += t_end - req.t_submit
         rec.l1 += l1
-        self.log.append({"client": rec.client_id, "kind": rec.kind, "seq": req.seq, "images": n, "l1": l1,
+        self.log.append({"client": rec.client_id, "kind": rec.kind, "seq": req.seq, "images": req.cost, "l1": l1,
+                         "request": "query" if req.explain is None else "explain", "inputs": req.n,
                          "queue_ms": (t_start - req.t_submit) * 1e3, "compute_ms": (t_end - t_start) * 1e3,
                          "served_batch_images": served, "batch": batch_id,
                          "t": req.t_submit - self._t0, "ts": self._wall0 + (req.t_submit - self._t0), **rec.tags})
@@ -272,7 +332,8 @@ class _Service:
         if req.future.done():
             return
         rec = req.client
-        rec.reserved -= req.n
+        rec.reserved -= req.cost
+        rec.queued -= req.n
         rec.failed += 1
         if req.request_id is not None and rec.replies.get(req.request_id[1]) is req:
             del rec.replies[req.request_id[1]]
@@ -324,36 +385,68 @@ class _Service:
             raise
 
     async def _serve(self, batch: list[Request]) -> None:
-        """One forward + defense for the batch's requests; each request is answered and charged, or fails alone."""
-        batch = [r for r in batch if not r.future.done()]
-        if not batch:
-            return
+        """Serve a batch: its queries in one forward, its explanation requests in one computation per setting."""
+        groups: dict = {}
+        for r in batch:
+            if not r.future.done():
+                groups.setdefault(None if r.explain is None else r.explain[0], []).append(r)
+        for setting, requests in groups.items():
+            await self._serve_group(setting, requests)
+
+    async def _serve_group(self, setting, batch: list[Request]) -> None:
+        """One computation (a forward + defense for queries, an explanation for `setting`) for the requests;
+        each is answered and charged, or fails alone."""
+        loop = asyncio.get_running_loop()
         x = np.concatenate([r.x for r in batch])               # a fresh, writable, contiguous buffer
         t_start = time.perf_counter()
         try:
-            answer, l1, fwd_ms, def_ms = await asyncio.get_running_loop().run_in_executor(self._pool, self._compute, x)
+            if setting is None:
+                answer, l1, fwd_ms, def_ms = await loop.run_in_executor(self._pool, self._compute, x)
+                grads = None
+            else:
+                weights = np.concatenate([r.explain[1] for r in batch]) if setting.mode == "vjp" else None
+                answer, grads, l1 = await loop.run_in_executor(self._pool, self._compute_explanations, x, setting,
+                                                               weights)
         except Exception as e:
             if len(batch) > 1:   # find the request(s) that fail: retry each alone
                 for r in batch:
-                    await self._serve([r])
+                    await self._serve_group(setting, [r])
             else:
                 self._fail(batch[0], VictimFailure(f"client {batch[0].client.client_id!r}: the victim could not "
                                                    f"answer this request ({type(e).__name__}: {e}); nothing was charged"))
             return
         t_end = time.perf_counter()
-        batch_id = self.served.add(len(x), fwd_ms, def_ms)
+        batch_id = self.served.add(len(x), fwd_ms, def_ms) if setting is None else self.served.next()
         finite = np.isfinite(answer).all(1) & np.isfinite(l1)
+        if grads is not None:
+            finite &= np.isfinite(grads.reshape(len(grads), -1)).all(1)
         lo = 0
         for r in batch:
             hi = lo + r.n
             if finite[lo:hi].all():
-                self._charge(r, answer[lo:hi], float(l1[lo:hi].sum()), t_start, t_end, len(x), batch_id)
+                reply = answer[lo:hi] if grads is None else (answer[lo:hi], grads[lo:hi])
+                self._charge(r, reply, float(l1[lo:hi].sum()), t_start, t_end, len(x), batch_id)
             else:
                 bad = np.flatnonzero(~finite[lo:hi])
                 self._fail(r, VictimFailure(f"client {r.client.client_id!r}: the victim's answer is not finite for "
                                             f"{len(bad)} image(s) of this request, first at image {int(bad[0])}; "
                                             f"nothing was charged"))
             lo = hi
+
+    def _compute_explanations(self, x: np.ndarray, setting, weights: np.ndarray | None):
+        """Explanations (with explanation noise), the defended prediction at x and each row's
+        ‖defended − clean‖₁. Runs in the compute thread."""
+        from workloads.explanations import add_noise, explain
+
+        torch = self._torch
+        xt = torch.from_numpy(x).to(self.device)
+        w = None if weights is None else torch.from_numpy(weights).to(self.device)
+        probs, grads = explain(self.model, xt, setting, w, generator=self._explain_rng)
+        grads = add_noise(grads, self.cfg.explanation_noise, self._explain_noise_rng)
+        with torch.inference_mode():
+            answer = self.defense(probs, xt)
+            l1 = (answer.double() - probs.double()).abs().sum(1).cpu().numpy()
+        return answer.float().cpu().numpy(), grads.float().cpu().numpy(), l1
 
     def _compute(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
         """One forward + softmax (clean) and the defense (defended), timed separately; the defended answers
@@ -396,6 +489,10 @@ class VictimService:
 
     async def query(self, key: str, x, request_id: tuple[int, int] | None = None) -> Any:
         return await self.engine.query(key, x, request_id)
+
+    async def explain(self, key: str, x, mode: str = "top1", weights=None, explainer: str = "vanilla",
+                      samples: int = 50, sigma: float = 0.15, request_id: tuple[int, int] | None = None) -> Any:
+        return await self.engine.explain(key, x, mode, weights, explainer, samples, sigma, request_id)
 
     async def usage(self, key: str) -> dict:
         return await self.engine.usage(key)
