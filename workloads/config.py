@@ -108,7 +108,11 @@ def _coerce(tp, value, path: str, errors: list[str]):
     return value
 
 
-def _build(cls, data: dict, path: str, errors: list[str]):
+def _build(cls, data: dict, path: str, errors: list[str], base=None):
+    """Build `cls` from `data`; keys `data` leaves out keep the value in `base` (an instance of cls) or
+    the field's default. A partial mapping for a field whose default is a dataclass instance (e.g.
+    `train: {epochs: 5}` where the default is TrainConfig(epochs=30, batch_size=64, lr=2e-3)) is merged
+    into that instance, so the documented defaults of its siblings stay."""
     first_error = len(errors)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
@@ -118,8 +122,15 @@ def _build(cls, data: dict, path: str, errors: list[str]):
             errors.append(f"{prefix}{key}: unknown key{did_you_mean(key, fields)}")
     kwargs = {}
     for name, f in fields.items():
+        default = getattr(base, name) if base is not None else f.default
         if name in data:
-            kwargs[name] = _coerce(hints[name], data[name], f"{prefix}{name}", errors)
+            value = data[name]
+            if dataclasses.is_dataclass(default) and not isinstance(default, type) and isinstance(value, dict):
+                kwargs[name] = _build(type(default), value, f"{prefix}{name}", errors, base=default)
+            else:
+                kwargs[name] = _coerce(hints[name], value, f"{prefix}{name}", errors)
+        elif base is not None:
+            kwargs[name] = default
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             errors.append(f"{prefix}{name}: required")
     if len(errors) > first_error:
