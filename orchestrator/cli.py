@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 
 from orchestrator.errors import UserError
 from workloads.config import ConfigError
@@ -41,9 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("config", help="sweep YAML")
     s = sub.add_parser("resume", help="continue an interrupted sweep")
     s.add_argument("sweep", help="the sweep directory `heist run` printed, or a sweep name (its latest run)")
-    f = sub.add_parser("pareto", help="recompute and print a finished sweep's frontier from MLflow")
+    f = sub.add_parser("pareto", help="recompute and print a finished sweep's frontier from MLflow (read-only)")
     f.add_argument("sweep", help="MLflow experiment name (its latest sweep) or parent run id")
     f.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
+    f.add_argument("--write", action="store_true",
+                   help="also log the recomputed frontier on the sweep's parent run (pareto/ artifacts, "
+                        "hypervolume, pareto tags); by default the store is only read")
     return p
 
 
@@ -72,13 +76,18 @@ def _resume(args) -> int:
 
 def _pareto(args) -> int:
     from orchestrator.sweep_config import resolve_tracking_uri
-    from orchestrator.tracking import check_reachable, find_sweep, print_frontier
+    from orchestrator.tracking import check_reachable, check_store_exists, find_sweep, print_frontier
 
     uri = resolve_tracking_uri(args.tracking_uri)
+    check_store_exists(uri)
     check_reachable(uri)
     tracker = find_sweep(uri, args.sweep)
     cfg = tracker.sweep_config()
-    print_frontier(cfg, tracker, tracker.report_frontier(cfg))
+    if args.write:
+        print_frontier(cfg, tracker, tracker.report_frontier(cfg))
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        print_frontier(cfg, tracker, tracker.frontier(cfg, tmp), written=False)
     return 0
 
 

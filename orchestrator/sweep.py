@@ -23,7 +23,7 @@ import ray
 from ray import tune
 from ray.tune.result import AUTO_RESULT_KEYS, DEBUG_METRICS
 
-from orchestrator import ledger
+from orchestrator import ledger, progress, reference
 from orchestrator.errors import UserError
 from orchestrator.config import trial_config
 from orchestrator.sweep_config import DEFAULT_STORAGE, SearchSpace, SweepConfig, as_data, bundles, from_dict, plan
@@ -59,16 +59,22 @@ def trainable(cfg: SweepConfig, sweep_dir: Path, sweep_id: str):
 class TrackingCallback(tune.Callback):
     """Logs each finished trial to MLflow from the driver (one writer for a sqlite store)."""
 
-    def __init__(self, tracker: Tracker, sweep_dir: Path, label_keys: dict[str, list[str]]):
+    def __init__(self, tracker: Tracker, sweep_dir: Path, label_keys: dict[str, list[str]],
+                 undefended: dict[str, float] | None = None):
         self.tracker, self.sweep_dir, self.label_keys = tracker, sweep_dir, label_keys
+        self.undefended = undefended or {}
 
     def _log(self, trial, failed: bool) -> None:
         metrics = {k: v for k, v in (trial.last_result or {}).items()
                    if k not in TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        metrics |= reference.relative(metrics, self.undefended)
         defense = trial.config["defense"]
         files = {name: self.sweep_dir / name / f"{trial.trial_id}.parquet" for name in ("ledgers", "runs", "curves")}
+        meta = trial.run_metadata       # the trial's own wall-clock times: the child run's start and end
         self.tracker.log_trial(trial.trial_id, defense, metrics, files, failed=failed,
-                               label_keys=self.label_keys[defense["name"]])
+                               label_keys=self.label_keys[defense["name"]],
+                               start_ms=int(meta.start_time * 1000) if meta.start_time else None,
+                               end_ms=int(meta.last_result_time * 1000) if meta.last_result_time else None)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._log(trial, failed=False)
@@ -111,11 +117,21 @@ def _victim_accuracy(cfg: SweepConfig) -> float:
         raise UserError(f"training the victim failed: {e.cause}") from None
 
 
+def _undefended(cfg: SweepConfig) -> reference.Reference:
+    """The sweep's undefended reference (cached per victim and attacks), announced with its warnings."""
+    ref = reference.undefended(cfg.base_trial(), cfg.trial_resources.num_cpus, cfg.trial_resources.num_gpus)
+    print(reference.summary(ref, cfg.metrics), flush=True)
+    for warning in ref.warnings():
+        print(f"heist: warning: {warning}", file=sys.stderr, flush=True)
+    return ref
+
+
 # ---------------------------------------------------------------------------------------- run/resume
 def _start_ray(cfg: SweepConfig) -> tuple[SweepConfig, bool]:
     """Connect to Ray (RAY_ADDRESS / a running cluster / a new local one) and fit the sweep to it."""
     started = not ray.is_initialized()
     if started:
+        progress.quiet_local_ray()
         ray.init(include_dashboard=False, log_to_driver=False)
     try:
         cfg, warning = plan(cfg, ray.cluster_resources())
@@ -147,23 +163,34 @@ def run(cfg: SweepConfig) -> int:
     cfg, started = _start_ray(cfg)
     try:
         acc = _victim_accuracy(cfg)
+        undefended = _undefended(cfg)
         sweep_id = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
         sweep_dir = Path(cfg.storage) / sweep_id
         sweep_dir.mkdir(parents=True)
         tracker = Tracker.start(cfg, sweep_id, sweep_dir)
+        reference.log(tracker.uri, tracker.parent_run_id, undefended)
         (sweep_dir / STATE_FILE).write_text(json.dumps(
             {"config": as_data(cfg), "tracker": dataclasses.asdict(tracker)}, indent=2))
         print(f"sweep {sweep_id}: {cfg.num_samples} trials ({cfg.search.sampler}), up to "
               f"{cfg.search.max_concurrent} at a time, each {bundles(cfg)}; victim accuracy {acc:.4f}\n"
-              f"  directory {sweep_dir}\n  MLflow {cfg.tracking.uri} experiment {cfg.tracking.experiment!r} "
+              f"  directory {sweep_dir} (Tune's log: tune.log)\n"
+              f"  MLflow {cfg.tracking.uri} experiment {cfg.tracking.experiment!r} "
               f"run {tracker.parent_run_id}", flush=True)
-        return _fit(cfg, tracker, sweep_dir, tune.Tuner(
-            trainable(cfg, sweep_dir, sweep_id),
-            tune_config=tune.TuneConfig(search_alg=searcher(cfg, sweep_dir, sweep_id), num_samples=cfg.num_samples,
-                                        max_concurrent_trials=cfg.search.max_concurrent, reuse_actors=True),
-            run_config=tune.RunConfig(
-                name=sweep_id, storage_path=cfg.storage, failure_config=tune.FailureConfig(max_failures=0),
-                callbacks=[TrackingCallback(tracker, sweep_dir, {sp.name: list(sp.searched) for sp in cfg.spaces})])))
+        label_keys = {sp.name: list(sp.searched) for sp in cfg.spaces}
+        log = progress.tune_log(sweep_dir)
+        try:
+            return _fit(cfg, tracker, sweep_dir, tune.Tuner(
+                trainable(cfg, sweep_dir, sweep_id),
+                tune_config=tune.TuneConfig(search_alg=searcher(cfg, sweep_dir, sweep_id),
+                                            num_samples=cfg.num_samples,
+                                            max_concurrent_trials=cfg.search.max_concurrent, reuse_actors=True),
+                run_config=tune.RunConfig(
+                    name=sweep_id, storage_path=cfg.storage, failure_config=tune.FailureConfig(max_failures=0),
+                    verbose=0,   # Heist prints its own progress; Tune's log goes to <sweep dir>/tune.log
+                    callbacks=[TrackingCallback(tracker, sweep_dir, label_keys, undefended.metrics),
+                               progress.Progress(cfg.num_samples, cfg.metrics, label_keys)])))
+        finally:
+            progress.release_tune_log(log)
     finally:
         if started:
             ray.shutdown()
@@ -204,8 +231,12 @@ def resume(target: str) -> int:
     try:
         print(f"resuming sweep {tracker.sweep_id}: {len(tracker.trial_runs())} of {cfg.num_samples} trials logged")
         tracker.set_status("RUNNING")
-        return _fit(cfg, tracker, sweep_dir,
-                    tune.Tuner.restore(str(sweep_dir), trainable(cfg, sweep_dir, tracker.sweep_id)))
+        log = progress.tune_log(sweep_dir)
+        try:
+            return _fit(cfg, tracker, sweep_dir,
+                        tune.Tuner.restore(str(sweep_dir), trainable(cfg, sweep_dir, tracker.sweep_id)))
+        finally:
+            progress.release_tune_log(log)
     finally:
         if started:
             ray.shutdown()
