@@ -23,7 +23,8 @@ import ray
 from ray import tune
 from ray.tune.result import AUTO_RESULT_KEYS, DEBUG_METRICS
 
-from orchestrator import ledger, progress, reference
+from orchestrator import ledger, progress
+from orchestrator import undefended as reference_trial
 from orchestrator.errors import UserError
 from orchestrator.config import trial_config
 from orchestrator.sweep_config import DEFAULT_STORAGE, SearchSpace, SweepConfig, as_data, bundles, from_dict, plan
@@ -67,7 +68,7 @@ class TrackingCallback(tune.Callback):
     def _log(self, trial, failed: bool) -> None:
         metrics = {k: v for k, v in (trial.last_result or {}).items()
                    if k not in TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
-        metrics |= reference.relative(metrics, self.undefended)
+        metrics |= reference_trial.relative(metrics, self.undefended)
         defense = trial.config["defense"]
         files = {name: self.sweep_dir / name / f"{trial.trial_id}.parquet" for name in ("ledgers", "runs", "curves")}
         meta = trial.run_metadata       # the trial's own wall-clock times: the child run's start and end
@@ -117,10 +118,10 @@ def _victim_accuracy(cfg: SweepConfig) -> float:
         raise UserError(f"training the victim failed: {e.cause}") from None
 
 
-def _undefended(cfg: SweepConfig) -> reference.Reference:
+def _undefended(cfg: SweepConfig) -> reference_trial.Reference:
     """The sweep's undefended reference (cached per victim and attacks), announced with its warnings."""
-    ref = reference.undefended(cfg.base_trial(), cfg.trial_resources.num_cpus, cfg.trial_resources.num_gpus)
-    print(reference.summary(ref, cfg.metrics), flush=True)
+    ref = reference_trial.undefended(cfg.base_trial(), cfg.trial_resources.num_cpus, cfg.trial_resources.num_gpus)
+    print(reference_trial.summary(ref, cfg.metrics), flush=True)
     for warning in ref.warnings():
         print(f"heist: warning: {warning}", file=sys.stderr, flush=True)
     return ref
@@ -163,12 +164,12 @@ def run(cfg: SweepConfig) -> int:
     cfg, started = _start_ray(cfg)
     try:
         acc = _victim_accuracy(cfg)
-        undefended = _undefended(cfg)
+        baseline = _undefended(cfg)
         sweep_id = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
         sweep_dir = Path(cfg.storage) / sweep_id
         sweep_dir.mkdir(parents=True)
         tracker = Tracker.start(cfg, sweep_id, sweep_dir)
-        reference.log(tracker.uri, tracker.parent_run_id, undefended)
+        reference_trial.log(tracker.uri, tracker.parent_run_id, baseline)
         (sweep_dir / STATE_FILE).write_text(json.dumps(
             {"config": as_data(cfg), "tracker": dataclasses.asdict(tracker)}, indent=2))
         print(f"sweep {sweep_id}: {cfg.num_samples} trials ({cfg.search.sampler}), up to "
@@ -187,7 +188,7 @@ def run(cfg: SweepConfig) -> int:
                 run_config=tune.RunConfig(
                     name=sweep_id, storage_path=cfg.storage, failure_config=tune.FailureConfig(max_failures=0),
                     verbose=0,   # Heist prints its own progress; Tune's log goes to <sweep dir>/tune.log
-                    callbacks=[TrackingCallback(tracker, sweep_dir, label_keys, undefended.metrics),
+                    callbacks=[TrackingCallback(tracker, sweep_dir, label_keys, baseline.metrics),
                                progress.Progress(cfg.num_samples, cfg.metrics, label_keys)])))
         finally:
             progress.release_tune_log(log)

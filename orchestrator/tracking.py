@@ -22,7 +22,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from orchestrator import curves, pareto, reference
+from orchestrator import curves, pareto
+from orchestrator.undefended import from_run as undefended_metrics
 from orchestrator.errors import UserError
 from orchestrator.sweep_config import SweepConfig, dump, from_dict
 
@@ -229,7 +230,7 @@ class Tracker:
 
         The plot marks the sweep's undefended reference (`undefended/<metric>` on the parent run) when it has one."""
         trials = self.trials_table(cfg)
-        undefended = reference.from_run(_client(self.uri).get_run(self.parent_run_id))
+        undefended = undefended_metrics(_client(self.uri).get_run(self.parent_run_id))
         out = pareto.write(trials, cfg.metrics, cfg.modes, cfg.reference_point, out_dir, undefended=undefended or None)
         return out | {"undefended": undefended, "files": [f"pareto/{f.name}" for f in out["files"]]}
 
