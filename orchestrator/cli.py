@@ -48,7 +48,26 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--write", action="store_true",
                    help="also log the recomputed frontier on the sweep's parent run (pareto/ artifacts, "
                         "hypervolume, pareto tags); by default the store is only read")
+    ls = sub.add_parser("list", help="the registered defenses, attacks, hardening recipes, datasets and models")
+    ls.add_argument("kind", nargs="?", help="defenses, attacks, hardening, datasets or models (default: all)")
+    ls.add_argument("--markdown", action="store_true", help="the full reference as Markdown (docs/reference.md)")
+    d = sub.add_parser("describe", help="one defense/attack/recipe/dataset/model: each parameter's default, range, meaning")
+    d.add_argument("name")
     return p
+
+
+def _list(args) -> int:
+    from orchestrator import catalog
+
+    print(catalog.markdown() if args.markdown else catalog.list_text(args.kind), end="\n" if not args.markdown else "")
+    return 0
+
+
+def _describe(args) -> int:
+    from orchestrator import catalog
+
+    print(catalog.describe_text(args.name))
+    return 0
 
 
 def _validate(args) -> int:
@@ -99,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "bench":
             from orchestrator.bench import main as run
         else:
-            run = {"run": _run, "validate": _validate, "resume": _resume, "pareto": _pareto}[args.command]
+            run = {"run": _run, "validate": _validate, "resume": _resume, "pareto": _pareto, "list": _list,
+                   "describe": _describe}[args.command]
         return run(args) or 0
     except ConfigError as e:       # one line per error, each with its YAML path
         for error in e.errors:

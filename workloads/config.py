@@ -170,3 +170,9 @@ def in_range(path: str, value, low, high) -> None:
 
 def to_dict(config) -> dict:
     return dataclasses.asdict(config)
+
+
+def knob(default, help: str, valid: str | None = None):
+    """A Params field with its meaning (`help`) and valid range (`valid`, e.g. ">= 0", "[0, 1]") as metadata:
+    `heist describe` and docs/reference.md show them beside the default."""
+    return dataclasses.field(default=default, metadata={"help": help, **({"valid": valid} if valid else {})})
