@@ -48,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--write", action="store_true",
                    help="also log the recomputed frontier on the sweep's parent run (pareto/ artifacts, "
                         "hypervolume, pareto tags); by default the store is only read")
+    rp = sub.add_parser("report", help="defenses × attacks from several sweeps of one victim, in one table")
+    rp.add_argument("sweeps", nargs="+", help="parent run ids, or experiment names (their latest sweep)")
+    rp.add_argument("--metric", default="stolen_accuracy", help="per-attack metric in the cells (default: %(default)s)")
+    rp.add_argument("--out", help="also write report.md and report.csv into this directory")
+    rp.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
     ls = sub.add_parser("list", help="the registered defenses, attacks, hardening recipes, datasets and models")
     ls.add_argument("kind", nargs="?", help="defenses, attacks, hardening, datasets or models (default: all)")
     ls.add_argument("--markdown", action="store_true", help="the full reference as Markdown (docs/reference.md)")
@@ -117,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             from orchestrator.trial import main as run
         elif args.command == "bench":
             from orchestrator.bench import main as run
+        elif args.command == "report":
+            from orchestrator.report import main as run
         else:
             run = {"run": _run, "validate": _validate, "resume": _resume, "pareto": _pareto, "list": _list,
                    "describe": _describe}[args.command]

@@ -95,10 +95,14 @@ def searcher(cfg: SweepConfig, sweep_dir: Path, sweep_id: str):
                "random": lambda: optuna.samplers.RandomSampler(seed=seed),
                "grid": lambda: optuna.samplers.GridSampler(space.grid_space(), seed=seed)}[cfg.search.sampler]()
     multi = len(cfg.objectives) > 1
+    storage = optuna.storages.RDBStorage(f"sqlite:///{sweep_dir / 'optuna.db'}")
+    # created here (OptunaSearch loads it) so the study carries its objective names for optuna-dashboard
+    study = optuna.create_study(storage=storage, study_name=sweep_id, load_if_exists=True,
+                                directions=["maximize" if m == "max" else "minimize" for m in cfg.modes])
+    study.set_metric_names(cfg.metrics)
     return OptunaSearch(space=space, metric=cfg.metrics if multi else cfg.metrics[0],
                         mode=cfg.modes if multi else cfg.modes[0], points_to_evaluate=cfg.optuna_points() or None,
-                        sampler=sampler, study_name=sweep_id,
-                        storage=optuna.storages.RDBStorage(f"sqlite:///{sweep_dir / 'optuna.db'}"))
+                        sampler=sampler, study_name=sweep_id, storage=storage)
 
 
 @ray.remote

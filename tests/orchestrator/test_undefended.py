@@ -132,3 +132,12 @@ def test_pareto_never_creates_a_store(tmp_path, capsys):
 def test_near_chance_is_judged_against_the_gap_from_chance_to_the_victim():
     ok = reference.Reference({"victim_accuracy": 0.9, "stolen_accuracy/a": 0.5, "stolen_accuracy/b": 0.17}, 10, "")
     assert ok.failed_attacks() == {"b": 0.17} and len(ok.warnings()) == 1
+
+
+def test_the_optuna_study_carries_the_objective_names(chance_sweep):
+    import optuna
+
+    _, _, _, cfg, folder = chance_sweep
+    (sweep_dir,) = (folder / "runs").glob("chance-*")
+    study = optuna.load_study(study_name=sweep_dir.name, storage=f"sqlite:///{sweep_dir}/optuna.db")
+    assert study.metric_names == ["defended_accuracy", "stolen_accuracy"]
