@@ -80,3 +80,12 @@ def test_a_partial_block_still_reports_bad_values_with_their_path():
     assert errors_of({"victim": {"train": {"epochs": 0, "batch": 3}}}) == [
         "victim.train.batch: unknown key (did you mean 'batch_size'?)"]
     assert errors_of({"victim": {"train": {"epochs": 0}}}) == ["victim.train.epochs: expected >= 1, got 0"]
+
+
+def test_a_partial_block_keeps_fields_derived_from_the_keys_it_names():
+    """`search: {algorithm: grid}` derives its sampler from the algorithm; the default block's derived 'tpe' is
+    not carried over."""
+    from orchestrator.sweep_config import from_dict
+
+    cfg = from_dict({"defense": {"name": "dcp", "params": {"beta": [0.5, 0.9]}}, "search": {"algorithm": "grid"}}, "x")
+    assert cfg.search.sampler == "grid" and cfg.search.num_samples == 2
