@@ -115,8 +115,20 @@ def _pareto(args) -> int:
     return 0
 
 
+def quiet_local_ray() -> None:
+    """For a Ray that Heist starts on this machine (no RAY_ADDRESS), keep Ray's default — token authentication on,
+    the token in ~/.ray/auth_token (generated once) — but choose it explicitly, which silences Ray's warning that
+    it chose it. RAY_AUTH_MODE set in the environment is respected. Must run before Ray is imported: Ray reads
+    the mode once per process."""
+    import os
+
+    if "RAY_ADDRESS" not in os.environ:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    quiet_local_ray()
     try:
         if args.command == "trial":
             from orchestrator.trial import main as run

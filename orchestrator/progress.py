@@ -1,7 +1,7 @@
 """What a person sees while a sweep runs: one line per finished trial and a live line for what runs now.
 
-Replaces Tune's status table (Tune runs with verbose=0 and its log, with Optuna's, goes to
-`<sweep dir>/tune.log`). A finished trial prints
+Replaces Tune's status table (Tune runs with verbose=0; what it still prints and its log, with Optuna's,
+go to `<sweep dir>/tune.log`: `quiet_tune`). A finished trial prints
 
     [ 3/10] dcp beta=0.7        defended_accuracy 0.9387  stolen_accuracy 0.7744 ± 0.0120   14.2 s  ETA 1 min 40 s
 
@@ -11,6 +11,7 @@ with the experiment state, so it keeps no open stream and restarts its clock in 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -19,6 +20,11 @@ import time
 from ray import tune
 
 LIVE_EVERY_S = 1.0
+OUT = None        # the terminal while Tune's own stdout goes to tune.log (see quiet_tune); None: sys.stdout
+
+
+def _out():
+    return OUT or sys.stdout
 
 
 def duration(seconds: float) -> str:
@@ -62,7 +68,7 @@ class Progress(tune.Callback):
 
     @staticmethod
     def _tty() -> bool:
-        return sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
+        return _out().isatty() and os.environ.get("TERM") != "dumb"
 
     def _label(self, trial) -> str:
         defense = trial.config["defense"]
@@ -70,12 +76,12 @@ class Progress(tune.Callback):
 
     def _clear_live(self) -> None:
         if self._tty():
-            sys.stdout.write("\r\x1b[K")
+            _out().write("\r\x1b[K")
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.started[trial.trial_id] = time.time()
         if not self._tty():
-            print(f"        started {self._label(trial)}", flush=True)
+            print(f"        started {self._label(trial)}", file=_out(), flush=True)
 
     def _finished(self, trials, trial, failed: bool) -> None:
         done = sum(1 for t in trials if t is trial or t.status in ("TERMINATED", "ERROR"))
@@ -88,8 +94,8 @@ class Progress(tune.Callback):
                                                                                      self.objectives)
         width = len(str(self.total))
         self._clear_live()
-        print(f"[{done:>{width}}/{self.total}] {self._label(trial):<24} {outcome}   {duration(seconds)}  {eta}",
-              flush=True)
+        print(f"[{done:>{width}}/{self.total}] {self._label(trial):<30} {outcome}   {duration(seconds)}  {eta}",
+              file=_out(), flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._finished(trials, trial, failed=False)
@@ -106,40 +112,36 @@ class Progress(tune.Callback):
         done = sum(1 for t in trials if t.status in ("TERMINATED", "ERROR"))
         parts = [f"{self._label(t)} ({duration(now - self.started[t.trial_id])})" for t in running]
         line = f"running: {', '.join(parts) or 'waiting for resources'} | {done}/{self.total} done"
-        width = os.get_terminal_size().columns if sys.stdout.isatty() else 120
-        sys.stdout.write("\r\x1b[K" + line[:width - 1])
-        sys.stdout.flush()
+        try:
+            width = os.get_terminal_size(_out().fileno()).columns
+        except (OSError, ValueError):
+            width = 120
+        _out().write("\r\x1b[K" + line[:width - 1])
+        _out().flush()
 
 
-def tune_log(sweep_dir) -> logging.Handler:
-    """Send Tune's and Optuna's log records to `<sweep dir>/tune.log` instead of the terminal; returns the handler
-    (remove it with `release_tune_log`)."""
+@contextlib.contextmanager
+def quiet_tune(sweep_dir):
+    """While Tune runs: its printed output (experiment box, TensorBoard hints) and Tune's and Optuna's log records
+    go to `<sweep dir>/tune.log`; Progress prints to the terminal it had."""
     import optuna
 
-    handler = logging.FileHandler(os.path.join(sweep_dir, "tune.log"))
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in ("ray.tune", "ray.train", "optuna"):
-        logger = logging.getLogger(name)
-        logger.addHandler(handler)
-        logger.propagate = False
-    optuna.logging.disable_default_handler()
-    return handler
-
-
-def release_tune_log(handler: logging.Handler) -> None:
-    import optuna
-
-    for name in ("ray.tune", "ray.train", "optuna"):
-        logger = logging.getLogger(name)
-        logger.removeHandler(handler)
-        logger.propagate = True
-    optuna.logging.enable_default_handler()
-    handler.close()
-
-
-def quiet_local_ray() -> None:
-    """For a Ray that Heist starts on this machine (no RAY_ADDRESS), keep Ray's default — token authentication on,
-    the token in ~/.ray/auth_token (generated once) — but say so explicitly, which silences Ray's warning that it
-    chose it. RAY_AUTH_MODE=disabled (or =token) in the environment is respected as it is."""
-    if "RAY_ADDRESS" not in os.environ:
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    global OUT
+    names = ("ray.tune", "ray.train", "optuna")
+    with open(os.path.join(sweep_dir, "tune.log"), "a", buffering=1) as log:
+        handler = logging.StreamHandler(log)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        for name in names:
+            logging.getLogger(name).addHandler(handler)
+            logging.getLogger(name).propagate = False
+        optuna.logging.disable_default_handler()
+        OUT = sys.stdout
+        try:
+            with contextlib.redirect_stdout(log):
+                yield
+        finally:
+            OUT = None
+            for name in names:
+                logging.getLogger(name).removeHandler(handler)
+                logging.getLogger(name).propagate = True
+            optuna.logging.enable_default_handler()

@@ -17,6 +17,7 @@ import os
 import secrets
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import ray
@@ -99,7 +100,9 @@ def searcher(cfg: SweepConfig, sweep_dir: Path, sweep_id: str):
     # created here (OptunaSearch loads it) so the study carries its objective names for optuna-dashboard
     study = optuna.create_study(storage=storage, study_name=sweep_id, load_if_exists=True,
                                 directions=["maximize" if m == "max" else "minimize" for m in cfg.modes])
-    study.set_metric_names(cfg.metrics)
+    with warnings.catch_warnings():          # "experimental" since Optuna 3.2, still in 5.0
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(cfg.metrics)
     return OptunaSearch(space=space, metric=cfg.metrics if multi else cfg.metrics[0],
                         mode=cfg.modes if multi else cfg.modes[0], points_to_evaluate=cfg.optuna_points() or None,
                         sampler=sampler, study_name=sweep_id, storage=storage)
@@ -122,13 +125,11 @@ def _victim_accuracy(cfg: SweepConfig) -> float:
         raise UserError(f"training the victim failed: {e.cause}") from None
 
 
-def _undefended(cfg: SweepConfig) -> reference_trial.Reference:
-    """The sweep's undefended reference (cached per victim and attacks), announced with its warnings."""
-    ref = reference_trial.undefended(cfg.base_trial(), cfg.trial_resources.num_cpus, cfg.trial_resources.num_gpus)
-    print(reference_trial.summary(ref, cfg.metrics), flush=True)
+def _announce(cfg: SweepConfig, ref: reference_trial.Reference) -> None:
+    """The undefended reference in one line, and a warning line per attack that fails even undefended."""
+    print(f"  {reference_trial.summary(ref, cfg.metrics)}", flush=True)
     for warning in ref.warnings():
         print(f"heist: warning: {warning}", file=sys.stderr, flush=True)
-    return ref
 
 
 # ---------------------------------------------------------------------------------------- run/resume
@@ -136,7 +137,6 @@ def _start_ray(cfg: SweepConfig) -> tuple[SweepConfig, bool]:
     """Connect to Ray (RAY_ADDRESS / a running cluster / a new local one) and fit the sweep to it."""
     started = not ray.is_initialized()
     if started:
-        progress.quiet_local_ray()
         ray.init(include_dashboard=False, log_to_driver=False)
     try:
         cfg, warning = plan(cfg, ray.cluster_resources())
@@ -168,7 +168,8 @@ def run(cfg: SweepConfig) -> int:
     cfg, started = _start_ray(cfg)
     try:
         acc = _victim_accuracy(cfg)
-        baseline = _undefended(cfg)
+        baseline = reference_trial.undefended(cfg.base_trial(), cfg.trial_resources.num_cpus,
+                                              cfg.trial_resources.num_gpus)
         sweep_id = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
         sweep_dir = Path(cfg.storage) / sweep_id
         sweep_dir.mkdir(parents=True)
@@ -181,21 +182,19 @@ def run(cfg: SweepConfig) -> int:
               f"  directory {sweep_dir} (Tune's log: tune.log)\n"
               f"  MLflow {cfg.tracking.uri} experiment {cfg.tracking.experiment!r} "
               f"run {tracker.parent_run_id}", flush=True)
+        _announce(cfg, baseline)
         label_keys = {sp.name: list(sp.searched) for sp in cfg.spaces}
-        log = progress.tune_log(sweep_dir)
-        try:
-            return _fit(cfg, tracker, sweep_dir, tune.Tuner(
+        with progress.quiet_tune(sweep_dir):     # Heist prints its own progress; Tune's goes to tune.log
+            tuner = tune.Tuner(
                 trainable(cfg, sweep_dir, sweep_id),
                 tune_config=tune.TuneConfig(search_alg=searcher(cfg, sweep_dir, sweep_id),
                                             num_samples=cfg.num_samples,
                                             max_concurrent_trials=cfg.search.max_concurrent, reuse_actors=True),
                 run_config=tune.RunConfig(
                     name=sweep_id, storage_path=cfg.storage, failure_config=tune.FailureConfig(max_failures=0),
-                    verbose=0,   # Heist prints its own progress; Tune's log goes to <sweep dir>/tune.log
-                    callbacks=[TrackingCallback(tracker, sweep_dir, label_keys, baseline.metrics),
-                               progress.Progress(cfg.num_samples, cfg.metrics, label_keys)])))
-        finally:
-            progress.release_tune_log(log)
+                    verbose=0, callbacks=[TrackingCallback(tracker, sweep_dir, label_keys, baseline.metrics),
+                                          progress.Progress(cfg.num_samples, cfg.metrics, label_keys)]))
+        return _fit(cfg, tracker, sweep_dir, tuner)
     finally:
         if started:
             ray.shutdown()
@@ -203,7 +202,8 @@ def run(cfg: SweepConfig) -> int:
 
 def _fit(cfg: SweepConfig, tracker: Tracker, sweep_dir: Path, tuner) -> int:
     try:
-        tuner.fit()
+        with progress.quiet_tune(sweep_dir):
+            tuner.fit()
     except KeyboardInterrupt:     # a second Ctrl-C: Tune kept its state, `heist resume` continues
         tracker.set_status("KILLED")
         raise
@@ -236,12 +236,9 @@ def resume(target: str) -> int:
     try:
         print(f"resuming sweep {tracker.sweep_id}: {len(tracker.trial_runs())} of {cfg.num_samples} trials logged")
         tracker.set_status("RUNNING")
-        log = progress.tune_log(sweep_dir)
-        try:
-            return _fit(cfg, tracker, sweep_dir,
-                        tune.Tuner.restore(str(sweep_dir), trainable(cfg, sweep_dir, tracker.sweep_id)))
-        finally:
-            progress.release_tune_log(log)
+        with progress.quiet_tune(sweep_dir):
+            tuner = tune.Tuner.restore(str(sweep_dir), trainable(cfg, sweep_dir, tracker.sweep_id))
+        return _fit(cfg, tracker, sweep_dir, tuner)
     finally:
         if started:
             ray.shutdown()

@@ -173,9 +173,6 @@ def run_trial(cfg: TrialConfig) -> TrialResult:
 
     t_start = time.perf_counter()
     if not ray.is_initialized():
-        from orchestrator.progress import quiet_local_ray
-
-        quiet_local_ray()
         ray.init()
     check_resources(cfg)
     victim = load_or_train(cfg.victim, cfg.cache_dir)
