@@ -9,6 +9,7 @@ child runs in the store, so `heist run` and `heist pareto` print the same thing.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -76,12 +77,13 @@ def check_store_exists(uri: str) -> None:
         raise UserError(f"no MLflow store at {uri[len('sqlite:///'):]} (give --tracking-uri or set MLFLOW_TRACKING_URI)")
 
 
-def browse_hint(uri: str, experiment_id: str, run_id: str) -> str:
+def browse_hint(uri: str, experiment_id: str, run_id: str, sweep_id: str) -> str:
     """The command (sqlite) or address (server) that shows the sweep in the MLflow UI."""
+    tracker = Tracker(uri, experiment_id, run_id, sweep_id)
     if uri.startswith("sqlite:"):
-        return (f"{mlflow_command()} ui --backend-store-uri {uri}   "
-                f"(then open http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id})")
-    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+        return (f"{mlflow_command()} ui --backend-store-uri {uri}\n  then open "
+                f"{runs_view_url('http://127.0.0.1:5000', tracker)}")
+    return runs_view_url(uri, tracker)
 
 
 def _git_commit() -> str | None:
@@ -246,6 +248,8 @@ class Tracker:
             client.set_tag(row.run_id, "pareto", "true" if row.pareto else "false")
         client.set_tag(self.parent_run_id, "heist.frontier_size", str(int(out["trials"]["pareto"].sum())))
         client.set_tag(self.parent_run_id, "mlflow.note.content", description(cfg, self.sweep_id, out))
+        client.set_experiment_tag(self.experiment_id, VIEW_TAG + self.sweep_id,
+                                  json.dumps(runs_view_state(cfg, self.sweep_id)))
         return out
 
     def sweep_config(self) -> SweepConfig:
@@ -324,4 +328,27 @@ def print_frontier(cfg: SweepConfig, tracker: Tracker, report: dict, written: bo
     print(f"\nPareto frontier of sweep {tracker.sweep_id} over {objectives}: {len(report['table'])} of "
           f"{len(report['trials'])} trials\n\n{pareto.markdown(report['table'])}\n\n"
           f"hypervolume {report['hypervolume']:.4f} (reference point {corner})\n{baseline}{where}\n"
-          f"browse it: {browse_hint(tracker.uri, tracker.experiment_id, tracker.parent_run_id)}")
+          f"browse it: {browse_hint(tracker.uri, tracker.experiment_id, tracker.parent_run_id, tracker.sweep_id)}")
+
+
+VIEW_TAG = "mlflow.sharedViewState."     # MLflow UI: an experiment tag holding a runs-view state (JSON)
+
+
+def runs_view_state(cfg: SweepConfig, sweep_id: str) -> dict:
+    """The runs view that shows a sweep's trials: objectives (with their sd), the robustness vs the undefended
+    reference, the defense and its searched hyperparameters and the `pareto` tag as columns, best first."""
+    spread = [f"{m}_std" for m in cfg.metrics if cfg.repeats > 1 and m.split("/")[0] in
+              ("stolen_accuracy", "fidelity", "agreement", "relative_accuracy")]
+    metrics = [*cfg.metrics, *spread, "stolen_accuracy_vs_undefended"]
+    params = ["defense", *(qualified(sp.name, k) for sp in cfg.spaces for k in sp.searched)]
+    return {"selectedColumns": [f"metrics.`{m}`" for m in dict.fromkeys(metrics)]
+            + [f"params.`{p}`" for p in params] + ["tags.`pareto`"],
+            "searchFilter": f"tags.`heist.sweep_id` = '{sweep_id}' and tags.`{KIND_TAG}` = 'trial'",
+            "orderByKey": f"metrics.`{cfg.metrics[0]}`", "orderByAsc": cfg.modes[0] == "min"}
+
+
+def runs_view_url(base: str, tracker: Tracker) -> str:
+    """The experiment's runs view (model-training mode) in the MLflow UI at `base`, opened on the sweep's trials
+    with the columns of `runs_view_state` (saved on the experiment by `report_frontier`)."""
+    return (f"{base.rstrip('/')}/#/experiments/{tracker.experiment_id}/runs?workflowType=machine_learning"
+            f"&viewStateShareKey={tracker.sweep_id}")
