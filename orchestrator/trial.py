@@ -30,7 +30,7 @@ RUN_METRICS = ("stolen_accuracy", "fidelity", "agreement")
 
 @dataclasses.dataclass
 class TrialResult:
-    """A trial's metrics (names as in DESIGN.md), its per-request query ledger, one row per attack run and the
+    """A trial's metrics (names as in docs/DESIGN.md), its per-request query ledger, one row per attack run and the
     budget curves.
 
     Each ledger row is one answered request: client, kind, seq, images, l1, queue_ms, compute_ms,
