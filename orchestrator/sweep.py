@@ -32,12 +32,14 @@ import signal
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import ray
 from ray import tune
 
-from orchestrator import ledger
+from orchestrator import ledger, progress
+from orchestrator import undefended as reference_trial
 from orchestrator.errors import UserError
 from orchestrator.config import trial_config
 from orchestrator.sweep_config import DEFAULT_STORAGE, SearchSpace, SweepConfig, as_data, bundles, from_dict, plan
@@ -110,7 +112,8 @@ def defense_trial(config: dict, base: dict, sweep_dir: str, sweep_id: str) -> No
     from orchestrator.trial import run_trial
 
     folder, trial_id = Path(sweep_dir), tune.get_context().get_trial_id()
-    record = {"trial_id": trial_id, "study_trial": config.get("study_trial"), "defense": config["defense"]}
+    record = {"trial_id": trial_id, "study_trial": config.get("study_trial"), "defense": config["defense"],
+              "started": time.time()}
     try:
         result = run_trial(trial_config({**base, "defense": config["defense"]}))
     except Exception as e:
@@ -167,6 +170,8 @@ class TrialLog:
     def __init__(self, cfg: SweepConfig, tracker: Tracker, sweep_dir: Path):
         self.tracker, self.sweep_dir, self.offline = tracker, sweep_dir, None
         self.label_keys = {sp.name: list(sp.searched) for sp in cfg.spaces}
+        state = sweep_dir / STATE_FILE
+        self.undefended = read_json(state, "sweep state").get("undefended", {}) if state.exists() else {}
 
     def _fail(self, error: Exception) -> None:
         self.offline = failure_reason(error)
@@ -181,9 +186,13 @@ class TrialLog:
         files = {name: self.sweep_dir / name / f"{trial_id}.parquet" for name in TRIAL_FILES}
         try:
             with _abortable():
-                self.tracker.log_trial(trial_id, record["defense"], record["metrics"], files,
+                metrics = record["metrics"] | reference_trial.relative(record["metrics"], self.undefended)
+                started, ended = record.get("started"), record.get("ended")
+                self.tracker.log_trial(trial_id, record["defense"], metrics, files,
                                        failed=record["status"] == "FAILED", error=record.get("error"),
-                                       label_keys=self.label_keys[record["defense"]["name"]])
+                                       label_keys=self.label_keys[record["defense"]["name"]],
+                                       start_ms=int(started * 1000) if started else None,
+                                       end_ms=int(ended * 1000) if ended else None)
         except _Aborted:
             self.offline = "interrupted while logging"
         except Exception as e:       # an HTTP error after bounded retries, a locked or unwritable store, ...
@@ -250,10 +259,17 @@ def searcher(cfg: SweepConfig, sweep_dir: Path, sweep_id: str, first_run: bool):
                "random": lambda: optuna.samplers.RandomSampler(seed=seed),
                "grid": lambda: optuna.samplers.GridSampler(space.grid_space(), seed=seed)}[cfg.search.sampler]()
     multi = len(cfg.objectives) > 1
+    storage = _storage(sweep_dir)
+    # created here (OptunaSearch loads it) so the study carries its objective names for optuna-dashboard
+    study = optuna.create_study(storage=storage, study_name=sweep_id, load_if_exists=True,
+                                directions=["maximize" if m == "max" else "minimize" for m in cfg.modes])
+    with warnings.catch_warnings():          # "experimental" since Optuna 3.2, still in 5.0
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(cfg.metrics)
     return OptunaSearch(space=space, metric=cfg.metrics if multi else cfg.metrics[0],
                         mode=cfg.modes if multi else cfg.modes[0],
                         points_to_evaluate=(cfg.optuna_points() if first_run else None) or None,
-                        sampler=sampler, study_name=sweep_id, storage=_storage(sweep_dir))
+                        sampler=sampler, study_name=sweep_id, storage=storage)
 
 
 def reconcile_study(cfg: SweepConfig, sweep_dir: Path, sweep_id: str, done: list[dict]) -> int:
@@ -298,6 +314,13 @@ def _victim_accuracy(cfg: SweepConfig) -> float:
         return ray.get(task.remote(to_dict(cfg.victim), cfg.cache_dir))
     except ray.exceptions.RayTaskError as e:      # e.g. a dataset that is not there
         raise UserError(f"training the victim failed: {e.cause}") from None
+
+
+def _announce(cfg: SweepConfig, ref: reference_trial.Reference) -> None:
+    """The undefended reference in one line, and a warning line per attack that fails even undefended."""
+    print(f"  {reference_trial.summary(ref, cfg.metrics)}", flush=True)
+    for warning in ref.warnings():
+        print(f"heist: warning: {warning}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------- run/resume
@@ -368,14 +391,17 @@ def _fit(cfg: SweepConfig, tracker: Tracker, sweep_dir: Path, trials: int, first
     it like Ctrl-C (Tune stops the running trials; `heist resume` runs them again); a second one force-quits."""
     log = TrialLog(cfg, tracker, sweep_dir)
     attempt = len(list((sweep_dir / "tune").glob("attempt-*")))
-    tuner = tune.Tuner(
-        trainable(cfg, sweep_dir, tracker.sweep_id),
-        tune_config=tune.TuneConfig(search_alg=searcher(cfg, sweep_dir, tracker.sweep_id, first_run),
-                                    num_samples=trials, max_concurrent_trials=cfg.search.max_concurrent,
-                                    reuse_actors=True),
-        run_config=tune.RunConfig(name=f"attempt-{attempt}", storage_path=str(sweep_dir / "tune"), verbose=0,
-                                  failure_config=tune.FailureConfig(max_failures=0),
-                                  callbacks=[TrackingCallback(log)]))
+    label_keys = {sp.name: list(sp.searched) for sp in cfg.spaces}
+    with progress.quiet_tune(sweep_dir):     # Heist prints its own progress; Tune's goes to tune.log
+        tuner = tune.Tuner(
+            trainable(cfg, sweep_dir, tracker.sweep_id),
+            tune_config=tune.TuneConfig(search_alg=searcher(cfg, sweep_dir, tracker.sweep_id, first_run),
+                                        num_samples=trials, max_concurrent_trials=cfg.search.max_concurrent,
+                                        reuse_actors=True),
+            run_config=tune.RunConfig(name=f"attempt-{attempt}", storage_path=str(sweep_dir / "tune"), verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=0),
+                                      callbacks=[TrackingCallback(log),
+                                                 progress.Progress(trials, cfg.metrics, label_keys)]))
     stopped: list[int] = []
 
     def on_sigterm(signum, frame):
@@ -386,7 +412,8 @@ def _fit(cfg: SweepConfig, tracker: Tracker, sweep_dir: Path, trials: int, first
     for name in TUNE_LOGGERS:
         logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
-        tuner.fit()
+        with progress.quiet_tune(sweep_dir):
+            tuner.fit()
     except BaseException:     # a second Ctrl-C or SIGTERM (KeyboardInterrupt), or Tune itself failed
         if not log.offline:
             with contextlib.suppress(Exception, _Aborted), _abortable():
@@ -404,15 +431,21 @@ def run(cfg: SweepConfig) -> int:
     cfg, started = _start_ray(cfg)
     try:
         acc = _victim_accuracy(cfg)
+        baseline = reference_trial.undefended(cfg.base_trial(), cfg.trial_resources.num_cpus,
+                                              cfg.trial_resources.num_gpus)
         sweep_id = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
         sweep_dir = Path(cfg.storage) / sweep_id
         sweep_dir.mkdir(parents=True)
         tracker = Tracker.start(cfg, sweep_id, sweep_dir)
-        write_json(sweep_dir / STATE_FILE, {"config": as_data(cfg), "tracker": dataclasses.asdict(tracker)})
+        reference_trial.log(tracker.uri, tracker.parent_run_id, baseline)
+        write_json(sweep_dir / STATE_FILE, {"config": as_data(cfg), "tracker": dataclasses.asdict(tracker),
+                                            "undefended": baseline.metrics})
         print(f"sweep {sweep_id}: {cfg.num_samples} trials ({cfg.search.sampler}), up to "
               f"{cfg.search.max_concurrent} at a time, each {bundles(cfg)}; victim accuracy {acc:.4f}\n"
-              f"  directory {sweep_dir}\n  MLflow {cfg.tracking.uri} experiment {cfg.tracking.experiment!r} "
-              f"run {tracker.parent_run_id}", flush=True)
+              f"  directory {sweep_dir} (Tune's log: tune.log)\n"
+              f"  MLflow {cfg.tracking.uri} experiment {cfg.tracking.experiment!r} run {tracker.parent_run_id}",
+              flush=True)
+        _announce(cfg, baseline)
         return _fit(cfg, tracker, sweep_dir, cfg.num_samples, first_run=True)
     finally:
         if started:

@@ -134,18 +134,42 @@ def _coerce(tp, value, path: str, errors: list[str]):
     return value
 
 
-def _build(cls, data: dict, path: str, errors: list[str]):
+def _explicit(default) -> dict:
+    """The fields a default instance sets away from its class's own defaults, e.g. {epochs: 30, batch_size: 64,
+    lr: 0.002} for TrainConfig(epochs=30, batch_size=64, lr=2e-3): what a partial mapping for it keeps.
+    (Fields that the class's __post_init__ derives, such as a sampler chosen from the algorithm, stay derived.)"""
+    fields = [f.name for f in dataclasses.fields(default) if f.init]
+    try:
+        plain = type(default)()
+    except (TypeError, ConfigError):       # no class defaults to compare with: keep every field
+        return {name: getattr(default, name) for name in fields}
+    return {name: getattr(default, name) for name in fields if getattr(default, name) != getattr(plain, name)}
+
+
+def _build(cls, data: dict, path: str, errors: list[str], base: dict | None = None):
+    """Build `cls` from `data`; keys `data` leaves out take their value from `base`, else the field's default.
+    A partial mapping for a field whose default is a dataclass instance (e.g. `train: {epochs: 5}` where the
+    default is TrainConfig(epochs=30, batch_size=64, lr=2e-3)) is merged into that instance, so the documented
+    defaults of its siblings stay."""
     first_error = len(errors)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     prefix = f"{path}." if path else ""
+    base = base or {}
     for key in data:
         if key not in fields:
             errors.append(f"{prefix}{key}: unknown key{did_you_mean(key, fields)}")
     kwargs = {}
     for name, f in fields.items():
+        default = base.get(name, f.default)
         if name in data:
-            kwargs[name] = _coerce(hints[name], data[name], f"{prefix}{name}", errors)
+            value = data[name]
+            if dataclasses.is_dataclass(default) and not isinstance(default, type) and isinstance(value, dict):
+                kwargs[name] = _build(type(default), value, f"{prefix}{name}", errors, base=_explicit(default))
+            else:
+                kwargs[name] = _coerce(hints[name], value, f"{prefix}{name}", errors)
+        elif name in base:
+            kwargs[name] = base[name]
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             errors.append(f"{prefix}{name}: required")
     if len(errors) > first_error:
@@ -247,3 +271,9 @@ def load_yaml(path: str | os.PathLike) -> Any:
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
     return parse_yaml(raw, str(path))
+
+
+def knob(default, help: str, valid: str | None = None):
+    """A Params field with its meaning (`help`) and valid range (`valid`, e.g. ">= 0", "[0, 1]") as metadata:
+    `heist describe` and docs/reference.md show them beside the default."""
+    return dataclasses.field(default=default, metadata={"help": help, **({"valid": valid} if valid else {})})
