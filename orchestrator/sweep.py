@@ -431,21 +431,27 @@ def run(cfg: SweepConfig) -> int:
     cfg, started = _start_ray(cfg)
     try:
         acc = _victim_accuracy(cfg)
-        baseline = reference_trial.undefended(cfg.base_trial(), cfg.trial_resources.num_cpus,
-                                              cfg.trial_resources.num_gpus)
+        try:
+            baseline = reference_trial.undefended(cfg.base_trial(), cfg.trial_resources.num_cpus,
+                                                  cfg.trial_resources.num_gpus)
+        except UserError as e:       # the trials will say why too; the sweep records each one's reason
+            print(f"heist: warning: {e}; the sweep goes on without an undefended reference", file=sys.stderr)
+            baseline = None
         sweep_id = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
         sweep_dir = Path(cfg.storage) / sweep_id
         sweep_dir.mkdir(parents=True)
         tracker = Tracker.start(cfg, sweep_id, sweep_dir)
-        reference_trial.log(tracker.uri, tracker.parent_run_id, baseline)
+        if baseline:
+            reference_trial.log(tracker.uri, tracker.parent_run_id, baseline)
         write_json(sweep_dir / STATE_FILE, {"config": as_data(cfg), "tracker": dataclasses.asdict(tracker),
-                                            "undefended": baseline.metrics})
+                                            "undefended": baseline.metrics if baseline else {}})
         print(f"sweep {sweep_id}: {cfg.num_samples} trials ({cfg.search.sampler}), up to "
               f"{cfg.search.max_concurrent} at a time, each {bundles(cfg)}; victim accuracy {acc:.4f}\n"
               f"  directory {sweep_dir} (Tune's log: tune.log)\n"
               f"  MLflow {cfg.tracking.uri} experiment {cfg.tracking.experiment!r} run {tracker.parent_run_id}",
               flush=True)
-        _announce(cfg, baseline)
+        if baseline:
+            _announce(cfg, baseline)
         return _fit(cfg, tracker, sweep_dir, cfg.num_samples, first_run=True)
     finally:
         if started:
