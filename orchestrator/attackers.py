@@ -28,6 +28,8 @@ class _Streamer:
         self.batch, self.max_in_flight = int(batch), max(1, int(max_in_flight))
         self.images = self.requests = 0      # answered (= charged by the service)
         self.seconds = 0.0
+        self.hashes = self.stamps = 0         # proof of work: hashes computed, stamps minted
+        self.mint_seconds = 0.0
 
     def _run(self, x: np.ndarray) -> tuple[np.ndarray, list[float]]:
         """Answers for x in order, and each request's latency (submit to answer, ms).
@@ -70,15 +72,28 @@ class _Streamer:
 
     def _answer(self, reply) -> np.ndarray:
         """Turn the service's reply into posteriors. With the OpenGate the reply is the answer itself; a
-        gate that answers with a challenge (proof of work) plugs its solve-and-redeem step in here."""
+        proof-of-work `Challenge` is solved here, in this actor, and redeemed for the answer."""
+        from orchestrator.pow_gate import Challenge
+
+        if isinstance(reply, Challenge):
+            from workloads.pow.hashcash import mint
+
+            t = time.perf_counter()
+            stamp, hashes = mint(reply.challenge, reply.bits)
+            self.mint_seconds += time.perf_counter() - t
+            self.hashes += hashes
+            self.stamps += 1
+            reply = ray.get(self.service.redeem.remote(self.client_id, reply.ticket, stamp))
         if not isinstance(reply, np.ndarray):
             raise TypeError(f"client {self.client_id!r}: the service replied with a {type(reply).__name__}, "
                             f"not posteriors (a gate challenge this client cannot answer)")
         return reply
 
     def stats(self) -> dict:
+        """Images, requests, wall seconds spent in queries (minting included), hashes and minting seconds."""
         return {"client_id": self.client_id, "images": self.images, "requests": self.requests,
-                "seconds": self.seconds}
+                "seconds": self.seconds, "hashes": self.hashes, "stamps": self.stamps,
+                "mint_seconds": self.mint_seconds}
 
 
 @ray.remote

@@ -17,10 +17,10 @@ defense. Clients (attacker workers, the benign client) send batches of images; t
 Per-client state lives in the service (`ClientRecord`, one per registered client id) so that later
 additions plug in without rewrites:
 
-* a proof-of-work gate: a `Gate` whose `release` answers with a challenge instead of the posteriors,
-  keeps the computed answer in `record.state` and releases it from a new `redeem(client_id, ticket,
-  stamp)` method once the stamp verifies; its difficulty can follow a leakage estimate also kept in
-  `record.state`. Clients then treat a non-ndarray reply as a challenge.
+* a proof-of-work gate (orchestrator/pow_gate.py): a `Gate` whose `release` answers with a challenge
+  instead of the posteriors, keeps the computed answer in `record.state` and releases it from
+  `redeem(client_id, ticket, stamp)` once the stamp verifies; its difficulty follows a leakage estimate
+  also kept in `record.state`. Clients treat a `Challenge` reply by minting a stamp and redeeming it.
 * an `explain(client_id, x)` method (gradient explanations charged as queries): another entry point that
   validates and charges through the same `_admit` / `_charge` path and the same records.
 
@@ -92,6 +92,10 @@ class Gate(Protocol):
 
     async def release(self, record: ClientRecord, request: Request, answer: np.ndarray) -> Any: ...
 
+    # Optional: `bind(service)`, called once when the service starts (e.g. to use its model and device);
+    # `redeem(record, ticket, stamp)`, which the service's `redeem` calls for a gate that answers with
+    # challenges. Per-client totals a gate keeps in `record.state["ledger"]` appear in `ledger()`.
+
 
 class OpenGate:
     """Releases every answer at once (no proof of work)."""
@@ -143,6 +147,8 @@ class _Service:
         ctx = DefenseContext(victim=self.model, dataset=data, arch=spec.arch, seed=spec.seed, device=self.device)
         self.defense = build_defense(defense or DefenseConfig(), ctx)
         self.gate = gate or OpenGate()
+        if hasattr(self.gate, "bind"):
+            self.gate.bind(self)
         self.clients: dict[str, ClientRecord] = {}
         self._log: list[dict] = []
         self._batches: list[tuple[int, float, float]] = []   # (images, forward_ms, defense_ms) per served batch
@@ -172,7 +178,7 @@ class _Service:
 
     async def ledger(self) -> dict[str, dict]:
         """Per-client totals: images, batches (requests), seconds, refused, rejected, budget, kind."""
-        return {cid: rec.summary() for cid, rec in self.clients.items()}
+        return {cid: rec.summary() | rec.state.get("ledger", {}) for cid, rec in self.clients.items()}
 
     async def request_log(self, since: int = 0) -> list[dict]:
         """Per-request rows from index `since`: client, kind, seq, images, queue_ms, compute_ms,
@@ -204,6 +210,14 @@ class _Service:
             raise
         self._charge(rec, request, t_start, t_end, served, batch_id)
         return await self.gate.release(rec, request, answer)
+
+    async def redeem(self, client_id: str, ticket: str, stamp: str) -> Any:
+        """Release the answer the gate withheld behind challenge `ticket`, once, for a valid `stamp`."""
+        rec = self._client(client_id)
+        if not hasattr(self.gate, "redeem"):
+            raise ValueError(f"client {rec.client_id!r}: this service's gate ({type(self.gate).__name__}) "
+                             f"issues no challenges")
+        return self.gate.redeem(rec, ticket, stamp)
 
     def _client(self, client_id: str) -> ClientRecord:
         try:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import ray
 
+from orchestrator import pow_gate
 from orchestrator.attackers import BenignClient, RayQueryClient, spawn_attackers
 from orchestrator.config import TrialConfig, WorkerResources, trial_config
 from orchestrator.service import VictimSpec, service_actor
@@ -99,9 +100,11 @@ def run_trial(cfg: TrialConfig) -> TrialResult:
     victim = load_or_train(cfg.victim, cfg.cache_dir)
     data = victim.data
     owned: list = []           # every actor this trial created, killed in `finally`
+    gate, leakage = pow_gate.setup(cfg, victim)      # calibrated proof of work when the defense is `pow`
+    client_stats: dict[str, dict] = {}
     try:
         spec = VictimSpec(cfg.victim.arch, data.shape, data.num_classes, config=cfg.victim, seed=cfg.victim.seed)
-        service = service_actor(spec, ray.put(victim.model.state_dict()), cfg.defense, cfg.service)
+        service = service_actor(spec, ray.put(victim.model.state_dict()), cfg.defense, cfg.service, gate=gate)
         owned.append(service)
         info = {"service": ray.get(service.ready.remote())}
         kinds = {}
@@ -114,6 +117,7 @@ def run_trial(cfg: TrialConfig) -> TrialResult:
             service, "benign", cfg.benign.batch)
         owned.append(benign)
         defended, latencies = ray.get(benign.run.remote(x_test))
+        client_stats["benign"] = ray.get(benign.stats.remote())
         _kill([owned.pop()])
         defended = torch.from_numpy(np.array(defended, dtype=np.float32))
         clean = predict_proba(victim.model, data.x_test)
@@ -125,7 +129,7 @@ def run_trial(cfg: TrialConfig) -> TrialResult:
         info["benign_latency_ms_mean"] = float(np.mean(latencies)) if latencies else 0.0
 
         # the attacks, one after another, each through its own workers
-        vinfo = VictimInfo(data.shape, data.num_classes, cfg.victim.arch)
+        vinfo = VictimInfo(data.shape, data.num_classes, cfg.victim.arch, leakage=leakage)
         for attack in cfg.attacks:
             key = attack.key
             pool = surrogate_pool(attack.surrogate.kind, data, name=attack.surrogate.name,
@@ -136,6 +140,7 @@ def run_trial(cfg: TrialConfig) -> TrialResult:
             owned.extend(workers)
             kinds.update({cid: ("attacker", key) for cid in ids})
             substitute = steal(attack, RayQueryClient(workers, budgets), pool, vinfo)
+            client_stats |= dict(zip(ids, ray.get([w.stats.remote() for w in workers])))
             _kill([owned.pop() for _ in workers])
             sub_probs = predict_proba(substitute, data.x_test)
             ledger = ray.get(service.ledger.remote())
@@ -151,6 +156,11 @@ def run_trial(cfg: TrialConfig) -> TrialResult:
         metrics["defense_latency_ms"] = stats["defense_ms_mean"]
         info["service_stats"] = stats
         rows = ray.get(service.request_log.remote())
+        if gate is not None:
+            ledger = ray.get(service.ledger.remote())
+            groups = {"benign": ["benign"]} | {k: [c for c, (_, a) in kinds.items() if a == k] for k in keys}
+            metrics |= pow_gate.trial_metrics(gate.params.mode, ledger, client_stats, groups)
+            pow_gate.annotate(rows, ledger)
     finally:
         _kill(owned)
     for row in rows:

@@ -21,6 +21,7 @@ ROLES = (
     "defense/noise",         # output noise keyed by the input (gaussian)
     "hardening/surrogate",   # training-time defenses' surrogates (InI's frozen student)
     "hardening/data",        # training-time defenses' own sampling (OOD batches, watermark sets)
+    "pow/calibration",       # the benign reference client's random query order (calibrated proof of work)
 )
 
 

@@ -113,6 +113,7 @@ class VictimInfo:
     shape: tuple[int, int, int]
     num_classes: int
     arch: str
+    leakage: object = None   # the pow defense's leakage estimator (increments/cost), for worst-case attackers
 
 
 Checkpoint = Callable[[int, nn.Module], None]
