@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--in-flight", type=int, help="requests each worker keeps in flight")
     b.add_argument("--num-cpus", type=float, help="CPUs (and torch threads) of the service actor")
     b.add_argument("--repeats", type=int, help="runs per setting; the best is reported")
+    b.add_argument("--pow", action="store_true",
+                   help="proof of work instead: minter vs raw SHA-1 rate, leakage accounting vs forward per batch")
 
     r = sub.add_parser("run", help="run a sweep: Tune + Optuna trials, MLflow runs, the Pareto frontier")
     r.add_argument("config", help="sweep YAML, e.g. sweeps/quickstart.yaml")

@@ -153,8 +153,8 @@ class PateKnn(Estimator):
         super().__init__(model, device)
         if not 1 <= k <= len(train_reps):
             raise ValueError(f"defense.params.k: expected 1..{len(train_reps)} (the victim's training points), got {k}")
-        self.reps = torch.as_tensor(train_reps, dtype=torch.float64).to(self.device)
-        self.sq_norms = (self.reps ** 2).sum(1)
+        reps = torch.as_tensor(train_reps, dtype=torch.float64).to(self.device)
+        self.reps_t, self.sq_norms, self.n_train = reps.T.contiguous(), (reps ** 2).sum(1), len(reps)
         self.labels = torch.as_tensor(train_labels, dtype=torch.int64).to(self.device)
         self.num_classes, self.k, self.sigma, self.delta = num_classes, int(k), float(sigma), float(delta)
         self.data_independent_bound = data_independent_bound
@@ -163,20 +163,19 @@ class PateKnn(Estimator):
     def votes(self, log_p: torch.Tensor) -> np.ndarray:
         """Vote histograms (B, K) of the k nearest training points (L2 in log-softmax space).
 
-        Distances come from |r|² − 2 r·t + |t|² in chunks of training points sized so that one chunk's
-        distance block holds at most `max_elements` entries; the running k best are merged per chunk."""
+        Distances rank by |t|² − 2 r·t (|r|² is the same for every t), in chunks of training points sized
+        so that one chunk's block holds at most `max_elements` entries; the running k best merge per chunk."""
         b = len(log_p)
         chunk = max(1024, self.max_elements // max(b, 1))
-        q_norms = (log_p ** 2).sum(1, keepdim=True)
-        best_d = torch.empty((b, 0), dtype=torch.float64, device=self.device)
-        best_i = torch.empty((b, 0), dtype=torch.int64, device=self.device)
-        for lo in range(0, len(self.reps), chunk):
-            reps = self.reps[lo:lo + chunk]
-            d = q_norms - 2.0 * log_p @ reps.T + self.sq_norms[lo:lo + chunk]
-            idx = torch.arange(lo, lo + len(reps), device=self.device).expand(b, -1)
-            cand_d, cand_i = torch.cat([best_d, d], 1), torch.cat([best_i, idx], 1)
-            best_d, pos = cand_d.topk(min(self.k, cand_d.shape[1]), dim=1, largest=False)
-            best_i = cand_i.gather(1, pos)
+        best_d = best_i = None
+        for lo in range(0, self.n_train, chunk):
+            hi = min(lo + chunk, self.n_train)
+            d = torch.addmm(self.sq_norms[lo:hi], log_p, self.reps_t[:, lo:hi], alpha=-2.0)
+            idx = torch.arange(lo, hi, device=self.device).expand(b, -1)
+            if best_d is not None:
+                d, idx = torch.cat([best_d, d], 1), torch.cat([best_i, idx], 1)
+            best_d, pos = d.topk(min(self.k, d.shape[1]), dim=1, largest=False)
+            best_i = idx.gather(1, pos)
         votes = torch.zeros((b, self.num_classes), dtype=torch.float64, device=self.device)
         votes.scatter_add_(1, self.labels[best_i], torch.ones_like(best_d))
         return votes.cpu().numpy()
