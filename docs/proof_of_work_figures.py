@@ -13,7 +13,7 @@ import sys
 import numpy as np
 
 SEEDS = (0, 1, 2)
-KNOBS = {"estimator": "pknn", "k": 30, "base": 1.5, "offset": 1.0, "t_min": 0.002, "t_max": 0.5}
+KNOBS = {"estimator": "pknn", "k": 30, "sigma": 2.8, "base": 1.002, "offset": 1.0, "t_min": 0.002, "t_max": 0.5}
 
 
 def trial(mode: str, budget: int, seed: int) -> dict:
