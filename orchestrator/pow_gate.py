@@ -64,9 +64,11 @@ class PowGate:
     """Calibrated proof-of-work gate; `params` are `workloads.pow.PowParams`, `accounting` a
     `workloads.pow.calibration.Accounting` (estimator settings, training representations, benign curve)."""
 
-    def __init__(self, params, accounting, clock=time.time):
+    def __init__(self, params, accounting, clock=time.time, hash_rate: float | None = None):
+        """`hash_rate`: the clients' minting rate (hashes/s) to size puzzles by; None measures this machine's
+        when the service starts (give it when clients run on other hardware, or to pin the difficulty)."""
         self.params, self.accounting, self.clock = params, accounting, clock
-        self.estimator = self.rate = self._pool = None
+        self.rate, self.estimator, self._pool = hash_rate, None, None
 
     def bind(self, service) -> None:
         """Called once by the service at start: the estimator uses its model and device; measure the hash rate."""
@@ -74,7 +76,7 @@ class PowGate:
         from concurrent.futures import ThreadPoolExecutor
 
         self.estimator = self.accounting.build(service.model, service.device)
-        self.rate = hashcash.mint_rate()
+        self.rate = self.rate or hashcash.mint_rate()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pow-accounting",
                                         initializer=torch.set_num_threads, initargs=(service.num_threads,))
 

@@ -3,6 +3,7 @@ answers; every kind of bad stamp is refused with one line while other clients ke
 ticket is released once under concurrent redemption; simulated cost agrees with real minting."""
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -16,7 +17,7 @@ def cause(err: BaseException) -> str:
     return str(getattr(err, "cause", None) or err)
 
 
-def start(ray_session, victim, cache, **knobs):
+def start(ray_session, victim, cache, hash_rate=None, **knobs):
     from orchestrator.config import ServiceConfig
     from orchestrator.pow_gate import PowGate
     from orchestrator.service import VictimSpec, service_actor
@@ -25,7 +26,7 @@ def start(ray_session, victim, cache, **knobs):
     from workloads.pow.calibration import prepare
 
     params = parse(PowParams, {"k": 30, "base": 1.2, "t_min": 0.002, "t_max": 0.002} | knobs)
-    gate = PowGate(params, prepare(params, victim, cache))
+    gate = PowGate(params, prepare(params, victim, cache), hash_rate=hash_rate)
     spec = VictimSpec("lenet5", victim.data.shape, 10, config=victim.config)
     actor = service_actor(spec, ray_session.put(victim.model.state_dict()), None,
                           ServiceConfig(max_request=256, num_cpus=0.5), gate=gate)
@@ -116,32 +117,43 @@ def test_a_ticket_is_released_once_under_concurrent_redemption(ray_session, gate
     assert len(answers) == 1 and all("replayed stamp" in r for r in results if isinstance(r, str))
 
 
+@pytest.mark.skipif(os.getloadavg()[0] > (os.cpu_count() or 1),
+                    reason="a wall-time comparison is meaningless on an oversubscribed machine (load above the cores)")
 def test_clients_mint_in_their_own_actors_and_simulated_cost_agrees_with_real(ray_session, digits_victim, victim_cache):
     """Fixed difficulty (t_min = t_max, one T per request), minting most of the time: real minting vs booked
-    2^bits / rate agree within 20 % on the client's total time."""
+    2^bits / rate agree within 20 % on the client's total time. The rate is measured once here and given to
+    both gates, so both modes pose the same puzzles (two services measuring separately can round to
+    different bits on a loaded machine)."""
     from orchestrator.attackers import BenignClient
+    from workloads.pow.hashcash import mint_rate
+
+    rate = mint_rate()
 
     x = digits_victim.data.x_test.numpy()[:320]        # 40 requests of 8 images
     totals = {}
-    for mode in ("real", "simulated"):
-        service = start(ray_session, digits_victim, victim_cache, mode=mode, t_min=0.1, t_max=0.1,
-                        batch_queries=8)
-        try:
+    services = {mode: start(ray_session, digits_victim, victim_cache, hash_rate=rate, mode=mode, t_min=0.1, t_max=0.1,
+                            batch_queries=8) for mode in ("real", "simulated")}
+    try:   # both clients run at once, so machine load shifts both alike
+        clients = {}
+        for mode, service in services.items():
             ray_session.get(service.register.remote("benign", len(x), "benign"))
-            client = BenignClient.options(num_cpus=0.25).remote(service, "benign", 8)
-            answers, _ = ray_session.get(client.run.remote(x))
-            stats = ray_session.get(client.stats.remote())
+            clients[mode] = BenignClient.options(num_cpus=0.25).remote(service, "benign", 8)
+        runs = {mode: client.run.remote(x) for mode, client in clients.items()}
+        for mode, service in services.items():
+            answers, _ = ray_session.get(runs[mode])
+            stats = ray_session.get(clients[mode].stats.remote())
             ledger = ray_session.get(service.ledger.remote())["benign"]
-        finally:
+            with torch.inference_mode():
+                clean = torch.softmax(digits_victim.model(torch.from_numpy(x)), 1).numpy()
+            np.testing.assert_allclose(answers, clean, atol=1e-5)
+            assert ledger["pow_batches"] == 40 and 14 <= ledger["pow_bits_max"] <= 20
+            if mode == "real":
+                assert stats["stamps"] == 40 and ledger["pow_redeemed"] == 40 and stats["hashes"] > 40 * 2 ** 10
+                totals[mode] = stats["seconds"]
+            else:
+                assert stats["hashes"] == 0 and ledger["pow_redeemed"] == 0
+                totals[mode] = stats["seconds"] + ledger["pow_expected_seconds"]
+    finally:
+        for service in services.values():
             ray_session.kill(service)
-        with torch.inference_mode():
-            clean = torch.softmax(digits_victim.model(torch.from_numpy(x)), 1).numpy()
-        np.testing.assert_allclose(answers, clean, atol=1e-5)
-        assert ledger["pow_batches"] == 40 and 14 <= ledger["pow_bits_max"] <= 20
-        if mode == "real":
-            assert stats["stamps"] == 40 and ledger["pow_redeemed"] == 40 and stats["hashes"] > 40 * 2 ** 10
-            totals[mode] = stats["seconds"]
-        else:
-            assert stats["hashes"] == 0 and ledger["pow_redeemed"] == 0
-            totals[mode] = stats["seconds"] + ledger["pow_expected_seconds"]
     assert totals["simulated"] == pytest.approx(totals["real"], rel=0.2), totals

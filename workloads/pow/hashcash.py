@@ -91,21 +91,22 @@ def stamp_zero_bits(stamp: str) -> int:
     return leading_zero_bits(hashlib.sha1(stamp.encode()).digest())
 
 
-def mint_rate(seconds: float = 0.25) -> float:
-    """Hashes per second of `mint`'s inner loop on this process's core (a puzzle it cannot solve in time)."""
+def mint_rate(seconds: float = 1.0, windows: int = 10) -> float:
+    """Hashes per second of `mint`'s inner loop on this process's core (a puzzle it cannot solve in time):
+    the median over `windows` equal slices of `seconds`, so a burst of load on a shared machine moves it little."""
     prefix = hashlib.sha1(challenge(DIGEST_BITS, "rate").encode())
-    limit, counter, block = 1, 0, 4096
-    t0 = time.perf_counter()
-    while True:
-        for _ in range(block):
-            h = prefix.copy()
-            h.update(b"%x" % counter)
-            if int.from_bytes(h.digest(), "big") < limit:
-                break
-            counter += 1
-        elapsed = time.perf_counter() - t0
-        if elapsed >= seconds:
-            return counter / elapsed
+    rates, counter = [], 0
+    for _ in range(max(1, windows)):
+        start, t0 = counter, time.perf_counter()
+        while time.perf_counter() - t0 < seconds / max(1, windows):
+            for _ in range(1024):
+                h = prefix.copy()
+                h.update(b"%x" % counter)
+                if int.from_bytes(h.digest(), "big") < 1:
+                    break
+                counter += 1
+        rates.append((counter - start) / (time.perf_counter() - t0))
+    return float(sorted(rates)[len(rates) // 2])
 
 
 def raw_rate(seconds: float = 0.25) -> float:
