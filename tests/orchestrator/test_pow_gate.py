@@ -157,3 +157,19 @@ def test_clients_mint_in_their_own_actors_and_simulated_cost_agrees_with_real(ra
         for service in services.values():
             ray_session.kill(service)
     assert totals["simulated"] == pytest.approx(totals["real"], rel=0.2), totals
+
+
+def test_a_benign_client_actor_mints_every_stamp_and_gets_the_clean_answers(ray_session, gated, digits_victim):
+    from orchestrator.attackers import BenignClient
+
+    x = digits_victim.data.x_test.numpy()[:96]
+    ray_session.get(gated.register.remote("minter", len(x), "benign"))
+    client = BenignClient.options(num_cpus=0.25).remote(gated, "minter", 16)
+    answers, _ = ray_session.get(client.run.remote(x))
+    stats = ray_session.get(client.stats.remote())
+    ledger = ray_session.get(gated.ledger.remote())["minter"]
+    with torch.inference_mode():
+        np.testing.assert_allclose(answers, torch.softmax(digits_victim.model(torch.from_numpy(x)), 1).numpy(), atol=1e-5)
+    assert stats["stamps"] == ledger["pow_redeemed"] == ledger["pow_batches"] == 6
+    assert stats["hashes"] >= 6 and stats["mint_seconds"] > 0 and ledger["pow_rejected"] == 0
+    assert [e["queries"] for e in ledger["pow_log"]] == [16, 32, 48, 64, 80, 96]
