@@ -15,7 +15,8 @@
 
 Each client's totals are in `record.state["ledger"]` (the service's ledger shows them): pow_cost,
 pow_batches, pow_bits_sum/max, pow_expected_hashes/seconds, pow_accounting_seconds, pow_redeemed,
-pow_rejected, pow_rate, and `pow_log` (per batch: seq, queries so far, cost, bits, target seconds).
+pow_rejected, pow_rate, and `pow_log` (per batch: seq, queries so far, cost, bits, target seconds; the
+trial keeps it in `TrialResult.info["pow_log"]`).
 
 This module imports no torch at the top: client actors import `Challenge` from it.
 """
@@ -227,12 +228,3 @@ def trial_metrics(mode: str, ledger: dict, stats: dict, groups: dict[str, list[s
     if rates:
         out["pow_hash_rate"] = float(rates[0])
     return out
-
-
-def annotate(rows: list[dict], ledger: dict) -> None:
-    """Add each request's pow_bits, privacy_cost (the client's cumulative cost after it) and pow_target_s."""
-    by_request = {(cid, e["seq"]): e for cid, entry in ledger.items() for e in entry.get("pow_log", [])}
-    for row in rows:
-        e = by_request.get((row["client"], row["seq"]))
-        if e is not None:
-            row.update(pow_bits=e["pow_bits"], privacy_cost=e["privacy_cost"], pow_target_s=e["pow_target_s"])

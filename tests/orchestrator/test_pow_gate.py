@@ -17,6 +17,20 @@ def cause(err: BaseException) -> str:
     return str(getattr(err, "cause", None) or err)
 
 
+class Service:
+    """A gated service actor, its owner token and the keys of the clients registered on it."""
+
+    def __init__(self, actor, owner):
+        self.actor, self.owner, self.keys = actor, owner, {}
+
+    def register(self, ray_session, cid, budget, kind="attacker"):
+        self.keys[cid] = ray_session.get(self.actor.register.remote(self.owner, cid, budget, kind))
+        return self.keys[cid]
+
+    def ledger(self, ray_session):
+        return ray_session.get(self.actor.ledger.remote(self.owner))
+
+
 def start(ray_session, victim, cache, hash_rate=None, **knobs):
     from orchestrator.config import ServiceConfig
     from orchestrator.pow_gate import PowGate
@@ -28,23 +42,23 @@ def start(ray_session, victim, cache, hash_rate=None, **knobs):
     params = parse(PowParams, {"k": 30, "base": 1.2, "t_min": 0.002, "t_max": 0.002} | knobs)
     gate = PowGate(params, prepare(params, victim, cache), hash_rate=hash_rate)
     spec = VictimSpec("lenet5", victim.data.shape, 10, config=victim.config)
-    actor = service_actor(spec, ray_session.put(victim.model.state_dict()), None,
-                          ServiceConfig(max_request=256, num_cpus=0.5), gate=gate)
+    actor, owner = service_actor(spec, ray_session.put(victim.model.state_dict()), None,
+                                 ServiceConfig(max_request=256, num_cpus=0.5), gate=gate)
     ray_session.get(actor.ready.remote())
-    return actor
+    return Service(actor, owner)
 
 
 @pytest.fixture(scope="module")
 def gated(ray_session, digits_victim, victim_cache):
     actor = start(ray_session, digits_victim, victim_cache, stamp_ttl_s=2.0)
     yield actor
-    ray_session.kill(actor)
+    ray_session.kill(actor.actor)
 
 
 def challenge_for(ray_session, service, client, x):
     from orchestrator.pow_gate import Challenge
 
-    reply = ray_session.get(service.query.remote(client, x))
+    reply = ray_session.get(service.actor.query.remote(service.keys[client], x))
     assert isinstance(reply, Challenge) and reply.bits >= 0
     return reply
 
@@ -54,7 +68,7 @@ def test_every_kind_of_bad_stamp_is_refused_and_other_clients_are_served(ray_ses
 
     x = digits_victim.data.x_test[:16].numpy()
     for cid in ("alice", "bob", "carol"):
-        ray_session.get(gated.register.remote(cid, 1000))
+        gated.register(ray_session, cid, 1000)
     ch = challenge_for(ray_session, gated, "alice", x)
     stamp, _ = mint(ch.challenge, ch.bits)
     bits = ch.bits
@@ -79,22 +93,22 @@ def test_every_kind_of_bad_stamp_is_refused_and_other_clients_are_served(ray_ses
         del cases["under-difficulty"]
     for kind, (cid, ticket, s) in cases.items():
         with pytest.raises(Exception) as e:
-            ray_session.get(gated.redeem.remote(cid, ticket, s))
+            ray_session.get(gated.actor.redeem.remote(gated.keys[cid], ticket, s))
         message = cause(e.value)
         assert f"{kind.strip()} stamp" in message and "\n" not in message, (kind, message)
         ok = challenge_for(ray_session, gated, "carol", x)           # another client is still served
-        answer = ray_session.get(gated.redeem.remote("carol", ok.ticket, mint(ok.challenge, ok.bits)[0]))
+        answer = ray_session.get(gated.actor.redeem.remote(gated.keys["carol"], ok.ticket, mint(ok.challenge, ok.bits)[0]))
         np.testing.assert_allclose(answer, torch.softmax(digits_victim.model(torch.from_numpy(x)), 1).detach().numpy(),
                                    atol=1e-5)
-    answer = ray_session.get(gated.redeem.remote("alice", ch.ticket, stamp))   # the pending answer waited
+    answer = ray_session.get(gated.actor.redeem.remote(gated.keys["alice"], ch.ticket, stamp))   # it waited
     assert answer.shape == (16, 10)
     with pytest.raises(Exception, match="replayed stamp"):
-        ray_session.get(gated.redeem.remote("alice", ch.ticket, stamp))
+        ray_session.get(gated.actor.redeem.remote(gated.keys["alice"], ch.ticket, stamp))
     late = challenge_for(ray_session, gated, "alice", x)
     time.sleep(2.2)
     with pytest.raises(Exception, match="expired stamp"):
-        ray_session.get(gated.redeem.remote("alice", late.ticket, mint(late.challenge, late.bits)[0]))
-    ledger = ray_session.get(gated.ledger.remote())
+        ray_session.get(gated.actor.redeem.remote(gated.keys["alice"], late.ticket, mint(late.challenge, late.bits)[0]))
+    ledger = gated.ledger(ray_session)
     assert ledger["alice"]["pow_rejected"] == len(cases) + 1 and ledger["bob"]["pow_rejected"] == 1   # bob: wrong-client
     assert ledger["alice"]["pow_redeemed"] == 1
     assert ledger["carol"]["pow_redeemed"] == len(cases) and ledger["alice"]["pow_cost"] > 0
@@ -103,10 +117,10 @@ def test_every_kind_of_bad_stamp_is_refused_and_other_clients_are_served(ray_ses
 def test_a_ticket_is_released_once_under_concurrent_redemption(ray_session, gated, digits_victim):
     from workloads.pow.hashcash import mint
 
-    ray_session.get(gated.register.remote("racer", 100))
+    gated.register(ray_session, "racer", 100)
     ch = challenge_for(ray_session, gated, "racer", digits_victim.data.x_test[:8].numpy())
     stamp, _ = mint(ch.challenge, ch.bits)
-    refs = [gated.redeem.remote("racer", ch.ticket, stamp) for _ in range(24)]
+    refs = [gated.actor.redeem.remote(gated.keys["racer"], ch.ticket, stamp) for _ in range(24)]
     results = []
     for ref in refs:
         try:
@@ -136,13 +150,13 @@ def test_clients_mint_in_their_own_actors_and_simulated_cost_agrees_with_real(ra
     try:   # both clients run at once, so machine load shifts both alike
         clients = {}
         for mode, service in services.items():
-            ray_session.get(service.register.remote("benign", len(x), "benign"))
-            clients[mode] = BenignClient.options(num_cpus=0.25).remote(service, "benign", 8)
+            key = service.register(ray_session, "benign", len(x), "benign")
+            clients[mode] = BenignClient.options(num_cpus=0.25).remote(service.actor, "benign", key, 8)
         runs = {mode: client.run.remote(x) for mode, client in clients.items()}
         for mode, service in services.items():
             answers, _ = ray_session.get(runs[mode])
             stats = ray_session.get(clients[mode].stats.remote())
-            ledger = ray_session.get(service.ledger.remote())["benign"]
+            ledger = service.ledger(ray_session)["benign"]
             with torch.inference_mode():
                 clean = torch.softmax(digits_victim.model(torch.from_numpy(x)), 1).numpy()
             np.testing.assert_allclose(answers, clean, atol=1e-5)
@@ -155,7 +169,7 @@ def test_clients_mint_in_their_own_actors_and_simulated_cost_agrees_with_real(ra
                 totals[mode] = stats["seconds"] + ledger["pow_expected_seconds"]
     finally:
         for service in services.values():
-            ray_session.kill(service)
+            ray_session.kill(service.actor)
     assert totals["simulated"] == pytest.approx(totals["real"], rel=0.2), totals
 
 
@@ -163,11 +177,11 @@ def test_a_benign_client_actor_mints_every_stamp_and_gets_the_clean_answers(ray_
     from orchestrator.attackers import BenignClient
 
     x = digits_victim.data.x_test.numpy()[:96]
-    ray_session.get(gated.register.remote("minter", len(x), "benign"))
-    client = BenignClient.options(num_cpus=0.25).remote(gated, "minter", 16)
+    key = gated.register(ray_session, "minter", len(x), "benign")
+    client = BenignClient.options(num_cpus=0.25).remote(gated.actor, "minter", key, 16)
     answers, _ = ray_session.get(client.run.remote(x))
     stats = ray_session.get(client.stats.remote())
-    ledger = ray_session.get(gated.ledger.remote())["minter"]
+    ledger = gated.ledger(ray_session)["minter"]
     with torch.inference_mode():
         np.testing.assert_allclose(answers, torch.softmax(digits_victim.model(torch.from_numpy(x)), 1).numpy(), atol=1e-5)
     assert stats["stamps"] == ledger["pow_redeemed"] == ledger["pow_batches"] == 6

@@ -41,7 +41,7 @@ def project_onto_simplex(v: torch.Tensor) -> torch.Tensor:
     excess = sorted_desc.cumsum(1) - 1
     ranks = torch.arange(1, v.shape[1] + 1, device=v.device, dtype=v.dtype)
     support = ((sorted_desc - excess / ranks) > 0) * ranks
-    rho = support.amax(1, keepdim=True)
+    rho = support.amax(1, keepdim=True).clamp_min(1)   # a NaN row has no support: it stays NaN, and row-local
     threshold = excess.gather(1, rho.long() - 1) / rho
     return (v - threshold).clamp_min(0)
 
