@@ -253,7 +253,7 @@ class _Service:
         request_id = admission.check_request_id(rec, request_id)
         request = admission.replay(rec, request_id, x) or self._admit(rec, x, request_id)
         answer = await asyncio.shield(request.future)   # a cancelled caller does not cancel the computation
-        return await self.gate.release(rec, request, answer)
+        return await self.gate.release(rec, dataclasses.replace(request, x=x), answer)   # the gate sees the images
 
     async def redeem(self, key: str, ticket: str, stamp: str) -> Any:
         """Release the answer the gate withheld behind challenge `ticket`, once, for a valid `stamp`."""
