@@ -38,12 +38,13 @@ def run(mode: str, budget: int, out: str) -> None:
     for seed in SEEDS:
         r = run_trial(trial_config(trial(mode, budget, seed)))
         curves: dict[str, list] = {}
-        for row in r.ledger:
-            if "privacy_cost" in row:
-                curves.setdefault(row["attack"] or "benign", []).append(
-                    (row["seq"], row["images"], row["privacy_cost"], row["pow_bits"]))
-        results.append({"seed": seed, "metrics": r.metrics,
-                        "curves": {k: [c[1:] for c in sorted(v)] for k, v in curves.items()}})
+        for client, log in r.info["pow_log"].items():        # one worker per attack: its key names the curve
+            name = "benign" if client == "benign" else client.split("/")[0]
+            previous = 0
+            for e in sorted(log, key=lambda e: e["seq"]):
+                curves.setdefault(name, []).append((e["queries"] - previous, e["privacy_cost"], e["pow_bits"]))
+                previous = e["queries"]
+        results.append({"seed": seed, "metrics": r.metrics, "curves": curves})
         print(seed, {k: round(v, 3) for k, v in r.metrics.items() if "overhead" in k or "privacy" in k}, flush=True)
     json.dump({"mode": mode, "budget": budget, "knobs": KNOBS, "results": results}, open(out, "w"))
 
