@@ -315,32 +315,38 @@ def _run_trial(cfg: TrialConfig, ledger_dir: Path) -> TrialResult:
 SWEEP_KEYS = ("search", "objectives", "reference_point", "tracking", "defenses", "storage", "trial_resources")
 
 
-def trial_dict(raw) -> dict:
+def trial_dict(raw, defense: str | None = None) -> dict:
     """The trial config of a YAML document: a trial YAML as it is, or a sweep YAML's first point
-    (its first defense, each hyperparameter at its first value or lower bound)."""
+    (its first defense, each hyperparameter at its first value or lower bound).
+
+    `defense` (from `--set defense.name=X`) picks that defense instead: a sweep's point of it when the sweep
+    searches it, else X with its own defaults — the file's hyperparameters belong to another defense."""
     from orchestrator.errors import UserError
     from orchestrator.sweep_config import from_dict
 
     if not isinstance(raw, dict):
         raise UserError(f"expected a mapping at the top of the YAML, got {type(raw).__name__}")
     if not any(k in raw for k in SWEEP_KEYS):
-        return dict(raw)
+        data = dict(raw)
+        if defense is not None and (data.get("defense") or {}).get("name", "none") != defense:
+            data["defense"] = {"name": defense, "params": {}}
+        return data
     sweep = from_dict(raw)
-    first = sweep.spaces[0]
-    return sweep.base_trial() | {"defense": {"name": first.name, "params": first.example()}}
+    spaces = {sp.name: sp for sp in sweep.spaces}
+    space = spaces.get(defense) if defense is not None else sweep.spaces[0]
+    point = {"name": space.name, "params": space.example()} if space else {"name": defense, "params": {}}
+    return sweep.base_trial() | {"defense": point}
 
 
 def apply_override(data: dict, assignment: str) -> None:
     """Apply one `dotted.key=value` override in place; the value is parsed as YAML; list items by index
     (`attacks.0.budget=500`)."""
-    import yaml
-
-    from workloads.config import ConfigError
+    from workloads.config import ConfigError, parse_yaml
 
     key, sep, text = assignment.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE")
-    value = yaml.safe_load(text) if text.strip() else None
+    value = parse_yaml(text, f"--set {key.strip()}") if text.strip() else None
     parts = key.strip().split(".")
     node = data
     for i, part in enumerate(parts):
@@ -385,25 +391,22 @@ def _format_table(metrics: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def main(args) -> int:
-    """`heist trial CONFIG [--set k=v ...] [--json out.json]`."""
-    import yaml
+def load_trial(path, overrides=()) -> TrialConfig:
+    """The trial config of a trial or sweep YAML with `--set KEY=VALUE` overrides applied."""
+    from workloads.config import load_yaml
 
-    from orchestrator.errors import UserError
-
-    path = Path(args.config)
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
-    data = trial_dict(raw)
-    for assignment in getattr(args, "set", None) or []:
+    names = [a.partition("=")[2].strip() for a in overrides if a.partition("=")[0].strip() == "defense.name"]
+    data = trial_dict(load_yaml(path) or {}, names[-1] if names else None)
+    for assignment in overrides:
         apply_override(data, assignment)
     if data.get("cache_dir"):        # Tune trials chdir: make paths absolute now
         data["cache_dir"] = str(Path(data["cache_dir"]).expanduser().resolve())
-    cfg = trial_config(data)
+    return trial_config(data)
+
+
+def main(args) -> int:
+    """`heist trial CONFIG [--set k=v ...] [--json out.json]`."""
+    cfg = load_trial(args.config, getattr(args, "set", None) or [])
     started = not ray.is_initialized()
     try:
         result = run_trial(cfg)

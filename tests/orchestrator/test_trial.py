@@ -38,6 +38,32 @@ def test_trial_dict_runs_a_sweeps_first_point():
     assert data["attacks"][0]["budget"] == 50
 
 
+def test_set_defense_name_picks_that_defense_without_the_files_hyperparameters():
+    """`heist trial sweep.yaml --set defense.name=none` runs undefended: the first point's beta is not kept."""
+    from orchestrator.config import trial_config
+
+    sweep = {"defenses": [{"name": "dcp", "params": {"beta": {"uniform": [0.3, 1.0]}}},
+                          {"name": "reverse_sigmoid", "params": {"beta": [0.1, 0.5]}}], "search": {"num_samples": 2}}
+    assert trial_config(trial_dict(sweep, "none")).defense.name == "none"
+    assert trial_dict(sweep, "reverse_sigmoid")["defense"] == {"name": "reverse_sigmoid",
+                                                               "params": {"beta": 0.1, "gamma": 0.2}}
+    assert trial_dict(sweep, "gaussian")["defense"] == {"name": "gaussian", "params": {}}
+    trial = {"defense": {"name": "dcp", "params": {"beta": 0.9}}}
+    assert trial_dict(trial, "none")["defense"] == {"name": "none", "params": {}}
+    assert trial_dict(trial, "dcp") == trial
+
+
+def test_set_defense_name_none_on_a_sweep_file_loads_without_further_overrides(tmp_path):
+    from orchestrator.trial import load_trial
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"defense": {"name": "dcp", "params": {"beta": [0.5, 0.9]}},
+                                    "search": {"num_samples": 2}}))
+    cfg = load_trial(path, ["defense.name=none"])
+    assert cfg.defense.name == "none" and cfg.defense.params == {}
+    assert load_trial(path, ["defense.name=dcp", "defense.params.beta=0.7"]).defense.params["beta"] == 0.7
+
+
 def wait_for_full_resources(ray, total, timeout=30.0):
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from workloads.config import ConfigError, check_choice, parse, positive
-from workloads.data import SURROGATE_KINDS
+from workloads.data import LOADERS, SURROGATE_KINDS
 from workloads.explanations import ExplainRequest, add_noise, check_weights, explain
 from workloads.training import TrainConfig
 
@@ -112,6 +112,8 @@ class SurrogateConfig:
         check_choice("kind", self.kind, SURROGATE_KINDS)
         if self.kind == "dataset" and not self.name:
             raise ConfigError("name: required when kind is 'dataset'")
+        if self.kind == "dataset":
+            check_choice("name", self.name, LOADERS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +138,9 @@ class AttackConfig:
         check_choice("name", self.name, REGISTRY)
         positive("budget", self.budget)
         positive("workers", self.workers)
+        if self.workers > self.budget:
+            raise ConfigError(f"workers: {self.workers} workers for a budget of {self.budget} images leaves some "
+                              f"with nothing to send; at most {self.budget}")
         positive("query_batch", self.query_batch)
         positive("seed", self.seed, 0)
         for i, c in enumerate(self.checkpoints):
