@@ -39,7 +39,7 @@ def test_a_pow_sweep_logs_overheads_and_a_frontier(ray_session, victim_cache, tm
     assert "Pareto frontier of sweep tiny_pow" in out.getvalue()
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     exp = client.get_experiment_by_name("tiny_pow").experiment_id
-    runs = {float(r.data.params["base"]): r.data.metrics for r in
+    runs = {float(r.data.params["pow.base"]): r.data.metrics for r in
             client.search_runs([exp], "tags.`heist.kind` = 'trial'")}
     assert set(runs) == {1.05, 3.0}
     for m in runs.values():
