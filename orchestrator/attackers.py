@@ -41,6 +41,8 @@ class _Streamer:
         self.timeout_s = float(timeout_s)
         self.requests = 0      # requests answered by this incarnation of the worker
         self.seconds = 0.0
+        self.hashes = self.stamps = 0         # proof of work: hashes computed, stamps minted
+        self.mint_seconds = 0.0
 
     def _run(self, x: np.ndarray, stream: int | None = None, send=None) -> tuple[np.ndarray, list[float]]:
         """Answers for x in order, and each request's latency (submit to answer, ms).
@@ -89,8 +91,19 @@ class _Streamer:
 
     def _answer(self, reply) -> np.ndarray:
         """Turn the service's reply into posteriors (or an explanation's (posteriors, explanations)). With
-        the OpenGate the reply is the answer itself; a gate that answers with a challenge (proof of work)
-        plugs its solve-and-redeem step in here."""
+        the OpenGate the reply is the answer itself; a proof-of-work `Challenge` is solved here, in this
+        actor, and redeemed for the answer."""
+        from orchestrator.pow_gate import Challenge
+
+        if isinstance(reply, Challenge):
+            from workloads.pow.hashcash import mint
+
+            t = time.perf_counter()
+            stamp, hashes = mint(reply.challenge, reply.bits)
+            self.mint_seconds += time.perf_counter() - t
+            self.hashes += hashes
+            self.stamps += 1
+            reply = ray.get(self.service.redeem.remote(self.key, reply.ticket, stamp))
         if isinstance(reply, tuple) and all(isinstance(r, np.ndarray) for r in reply):
             return reply
         if not isinstance(reply, np.ndarray):
@@ -100,11 +113,14 @@ class _Streamer:
 
     def stats(self) -> dict:
         """images: answered and charged by the service for this client (its ledger, so a restart loses
-        nothing); requests and seconds: this incarnation's; restarted: whether Ray restarted this worker."""
+        nothing); requests, seconds, hashes, stamps and mint_seconds (proof of work): this incarnation's;
+        restarted: whether Ray restarted this worker."""
         usage = wait_for(self.service.usage.remote(self.key), f"the service's usage of client {self.client_id!r}",
                          self.timeout_s)
         return {"client_id": self.client_id, "images": usage["images"], "requests": self.requests,
-                "seconds": self.seconds, "restarted": ray.get_runtime_context().was_current_actor_reconstructed}
+                "seconds": self.seconds, "hashes": self.hashes, "stamps": self.stamps,
+                "mint_seconds": self.mint_seconds,
+                "restarted": ray.get_runtime_context().was_current_actor_reconstructed}
 
 
 @ray.remote(max_restarts=WORKER_RESTARTS, max_task_retries=WORKER_RESTARTS)

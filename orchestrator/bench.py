@@ -165,9 +165,14 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def main(args) -> int:
-    """`heist bench [--dataset D] [--workers 1,4,8] [--batch 256] [--images N]`; prints the table."""
+    """`heist bench [--dataset D] [--workers 1,4,8] [--batch 256] [--images N]`; prints the table.
+    `heist bench --pow [--dataset D] [--batch B]`: the proof-of-work benchmark instead."""
     from workloads.config import ConfigError
 
+    if getattr(args, "pow", False):
+        print(format_pow(run_pow_bench(getattr(args, "dataset", "fashion_mnist"), getattr(args, "batch", 256),
+                                       repeats=getattr(args, "repeats", None) or 5)))
+        return 0
     if getattr(args, "defenses", False):
         from orchestrator.bench_defenses import defense_costs, format_rows as format_costs
 
@@ -192,3 +197,74 @@ def main(args) -> int:
           f"device {r0['device']}")
     print(format_rows(rows))
     return 0
+
+
+# ------------------------------------------------------------------------------------- proof of work
+TRAIN_SIZES = {"digits": 719, "fashion_mnist": 50000, "mnist": 50000, "kmnist": 50000, "cifar10": 50000,
+               "cifar100": 50000, "svhn": 50000}
+
+
+def run_pow_bench(dataset: str = "fashion_mnist", batch: int = 256, seconds: float = 1.0, repeats: int = 5,
+                  k: int = 300, seed: int = 0) -> dict:
+    """Calibrated-PoW costs on this machine, one torch thread:
+
+    * the minter's hash rate (hashcash SHA-1, prefix state reused) next to SHA-1 on fixed 64-byte inputs in
+      a tight hashlib loop, both on one core;
+    * per query batch of `batch`: the victim's forward + softmax, and each leakage estimator's accounting
+      (its own forward, plus for PATE-kNN the k-nearest search over a training set of the dataset's size
+      and the GNMax RDP), best of `repeats`.
+    Random weights and training representations: the costs do not depend on their values."""
+    import torch
+
+    from workloads.config import check_choice
+    from workloads.models import build_model
+    from workloads.pow import hashcash
+    from workloads.pow.pate_knn import build_estimator
+
+    check_choice("--dataset", dataset, SHAPES)
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = {"dataset": dataset, "batch": batch, "mint_rate": hashcash.mint_rate(seconds),
+               "raw_sha1_rate": hashcash.raw_rate(seconds)}
+        out["mint_over_raw"] = out["mint_rate"] / out["raw_sha1_rate"]
+        shape = SHAPES[dataset]
+        model = build_model("lenet5", shape, 10, seed=seed).eval()
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.rand((batch, *shape), generator=gen)
+        n_train = TRAIN_SIZES[dataset]
+        reps = torch.log_softmax(torch.randn((n_train, 10), generator=gen) * 5, 1).double()
+        labels = torch.randint(0, 10, (n_train,), generator=gen)
+
+        def best(fn) -> float:
+            fn()
+            times = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t)
+            return min(times) * 1e3
+
+        with torch.inference_mode():
+            out["forward_ms"] = best(lambda: torch.softmax(model(x), 1).numpy())
+        for name in ("pknn", "entropy", "gap"):
+            est = build_estimator(name, model, train_reps=reps, train_labels=labels, k=min(k, n_train))
+            out[f"{name}_ms"] = best(lambda: est.increments(x))
+            out[f"{name}_over_forward"] = out[f"{name}_ms"] / out["forward_ms"]
+        out["train_points"] = n_train
+        return out
+    finally:
+        torch.set_num_threads(old)
+
+
+def format_pow(r: dict) -> str:
+    lines = [f"heist bench --pow: {r['dataset']} LeNet-5 shapes, batch {r['batch']}, 1 torch thread, "
+             f"{r['train_points']} training points for PATE-kNN",
+             f"{'hash rate (one core)':<34} {'hashes/s':>12}",
+             f"{'hashcash minter (SHA-1, state reuse)':<34} {r['mint_rate']:>12,.0f}",
+             f"{'raw SHA-1, fixed 64-byte inputs':<34} {r['raw_sha1_rate']:>12,.0f}   minter/raw {r['mint_over_raw']:.2f}",
+             f"{'per query batch':<34} {'ms':>12} {'x forward':>10}",
+             f"{'forward + softmax':<34} {r['forward_ms']:>12.2f} {1.0:>10.2f}"]
+    for name in ("pknn", "entropy", "gap"):
+        lines.append(f"{'accounting: ' + name:<34} {r[name + '_ms']:>12.2f} {r[name + '_over_forward']:>10.2f}")
+    return "\n".join(lines)

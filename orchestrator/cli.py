@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, help="runs per setting; the best is reported")
     b.add_argument("--defenses", action="store_true",
                    help="instead: each output defense's added cost per image at a fixed batch (--batch)")
+    b.add_argument("--pow", action="store_true",
+                   help="proof of work instead: minter vs raw SHA-1 rate, leakage accounting vs forward per batch")
 
     r = sub.add_parser("run", help="run a sweep: Tune + Optuna trials, MLflow runs, the Pareto frontier")
     r.add_argument("config", help="sweep YAML, e.g. sweeps/quickstart.yaml")

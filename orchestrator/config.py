@@ -87,6 +87,10 @@ class TrialConfig:
                 raise ConfigError(f"attacks[{i}].surrogate.name: {a.surrogate.name!r} is the victim's own dataset, "
                                   f"whose train and test images would leak into the attacker's pool; use "
                                   f"surrogate.kind: split for its disjoint pool")
+        if self.defense.name == "pow":
+            from workloads.pow import PowParams, check_against_victim
+
+            check_against_victim(parse(PowParams, self.defense.params, "defense.params"), self.victim)
         from workloads.attacks import REGISTRY
 
         for i, a in enumerate(self.attacks):

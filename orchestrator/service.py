@@ -28,10 +28,10 @@ for a registered client;
 returns). Per-client state lives in the engine (`ClientRecord`, one per client) so later additions plug in
 without rewrites:
 
-* a proof-of-work gate: a `Gate` whose `release` answers with a challenge instead of the posteriors,
-  keeps the computed answer in `record.state` and releases it from a new `redeem(key, ticket, stamp)`
-  method once the stamp verifies; its difficulty can follow a leakage estimate also kept in
-  `record.state`. Clients then treat a non-ndarray reply as a challenge.
+* a proof-of-work gate (orchestrator/pow_gate.py): a `Gate` whose `release` answers with a challenge
+  instead of the posteriors, keeps the computed answer in `record.state` and releases it from
+  `redeem(key, ticket, stamp)` once the stamp verifies; its difficulty follows a leakage estimate also
+  kept in `record.state`. Clients treat a `Challenge` reply by minting a stamp and redeeming it.
 * `explain(key, x, mode, weights, explainer, samples, sigma, request_id)`: gradient explanations of the
   victim (workloads.explanations), off unless `service.explanations` is true. It resolves the client with
   `_client(key)` and validates, admits and charges through the same `_validate` / `_admit` / `_charge`
@@ -81,6 +81,10 @@ class Gate(Protocol):
     """
 
     async def release(self, record: ClientRecord, request: Request, answer: np.ndarray) -> Any: ...
+
+    # Optional: `bind(service)`, called once when the service starts (e.g. to use its model and device);
+    # `redeem(record, ticket, stamp)`, which the service's `redeem` calls for a gate that answers with
+    # challenges. Per-client totals a gate keeps in `record.state["ledger"]` appear in `ledger()`.
 
 
 class OpenGate:
@@ -169,6 +173,8 @@ class _Service:
         ctx = DefenseContext(victim=self.model, dataset=data, arch=spec.arch, seed=spec.seed, device=self.device)
         self.defense = build_defense(defense or DefenseConfig(), ctx)
         self.gate = gate or OpenGate()
+        if hasattr(self.gate, "bind"):
+            self.gate.bind(self)
         self._explain_rng = torch.Generator(self.device).manual_seed(derive_seed("explainer/sampling", spec.seed))
         self._explain_noise_rng = torch.Generator(self.device).manual_seed(derive_seed("defense/noise", spec.seed))
         self.clients = admission.Clients()
@@ -203,7 +209,7 @@ class _Service:
         """Per-client totals: images, batches (requests), seconds, refused, rejected, throttled, failed, replayed,
         l1, budget, kind."""
         admission.check_owner(owner, self._owner, "ledger")
-        return {cid: rec.summary() for cid, rec in self.clients.by_id.items()}
+        return {cid: rec.summary() | rec.state.get("ledger", {}) for cid, rec in self.clients.by_id.items()}
 
     async def request_log(self, owner: str, since: int = 0) -> list[dict]:
         """Per-request rows from index `since`: client, kind, seq, images, l1, queue_ms, compute_ms,
@@ -247,7 +253,15 @@ class _Service:
         request_id = admission.check_request_id(rec, request_id)
         request = admission.replay(rec, request_id, x) or self._admit(rec, x, request_id)
         answer = await asyncio.shield(request.future)   # a cancelled caller does not cancel the computation
-        return await self.gate.release(rec, request, answer)
+        return await self.gate.release(rec, dataclasses.replace(request, x=x), answer)   # the gate sees the images
+
+    async def redeem(self, key: str, ticket: str, stamp: str) -> Any:
+        """Release the answer the gate withheld behind challenge `ticket`, once, for a valid `stamp`."""
+        rec = self._client(key)
+        if not hasattr(self.gate, "redeem"):
+            raise ValueError(f"client {rec.client_id!r}: this service's gate ({type(self.gate).__name__}) "
+                             f"issues no challenges")
+        return self.gate.redeem(rec, ticket, stamp)
 
     async def explain(self, key: str, x, mode: str = "top1", weights=None, explainer: str = "vanilla",
                       samples: int = 50, sigma: float = 0.15, request_id: tuple[int, int] | None = None) -> Any:
@@ -493,6 +507,9 @@ class VictimService:
     async def explain(self, key: str, x, mode: str = "top1", weights=None, explainer: str = "vanilla",
                       samples: int = 50, sigma: float = 0.15, request_id: tuple[int, int] | None = None) -> Any:
         return await self.engine.explain(key, x, mode, weights, explainer, samples, sigma, request_id)
+
+    async def redeem(self, key: str, ticket: str, stamp: str) -> Any:
+        return await self.engine.redeem(key, ticket, stamp)
 
     async def usage(self, key: str) -> dict:
         return await self.engine.usage(key)

@@ -40,6 +40,11 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # docs/DESIGN.md's metric names: those every trial reports, and those reported per attack as `<name>/<attack key>`.
 METRICS = ("victim_accuracy", "defended_accuracy", "perturbation_l1", "perturbation_l1_attacker",
            "defense_latency_us", "stolen_accuracy", "fidelity", "agreement", "relative_accuracy")
+# What trials of the `pow` defense (calibrated proof of work, orchestrator/pow_gate.py) report besides.
+POW_METRICS = ("pow_benign_overhead", "pow_attacker_overhead", "privacy_cost_benign", "privacy_cost_attacker",
+               "pow_bits_mean_benign", "pow_bits_mean_attacker", "pow_bits_max_benign", "pow_bits_max_attacker",
+               "pow_hashes_benign", "pow_hashes_attacker", "pow_mint_seconds_benign", "pow_mint_seconds_attacker",
+               "pow_hash_rate")
 PER_ATTACK_METRICS = ("stolen_accuracy", "fidelity", "agreement", "perturbation_l1", "queries")
 # With repeats > 1 these come with their sample standard deviation as `<name>_std` and `<name>_std/<attack key>`.
 SPREAD_METRICS = ("stolen_accuracy", "fidelity", "agreement", "relative_accuracy")
@@ -350,7 +355,8 @@ class SweepConfig:
 
     # -- checks
     def _check_objectives(self) -> list[str]:
-        errors, known, seen = [], metric_names(self.attacks, self.repeats), []
+        pow = POW_METRICS if any(sp.name == "pow" for sp in self.spaces) else ()
+        errors, known, seen = [], metric_names(self.attacks, self.repeats, pow), []
         if not self.objectives:
             errors.append("objectives: expected at least one objective")
         for i, o in enumerate(self.objectives):

@@ -20,6 +20,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from orchestrator import ledger as request_logs
+from orchestrator import pow_gate
 from orchestrator.attackers import BenignClient, RayQueryClient, spawn_attackers
 from orchestrator.config import TrialConfig, WorkerResources, trial_config
 from orchestrator.service import VictimSpec, service_actor
@@ -222,11 +223,14 @@ def _run_trial(cfg: TrialConfig, ledger_dir: Path) -> TrialResult:
     owned: list = []           # every actor this trial created, killed in `finally`
     runs: list[dict] = []
     curves: list[dict] = []
+    gate, leakage = pow_gate.setup(cfg, victim)      # calibrated proof of work when the defense is `pow`
+    client_stats: dict[str, dict] = {}
+    pow_clients: dict[str, list[str]] = {"benign": ["benign"]}
     step, service = "starting the victim service", None
     try:
         spec = VictimSpec(cfg.victim.arch, data.shape, data.num_classes, config=cfg.victim, seed=cfg.victim.seed)
         service, owner = service_actor(spec, ray.put(victim.model.state_dict()), cfg.defense, cfg.service,
-                                       log_dir=str(ledger_dir))
+                                       gate=gate, log_dir=str(ledger_dir))
         owned.append(service)
         served = wait_for(service.ready.remote(), "the victim service to start (ready)", timeout)
         info = {"service": served, "victim_training": victim.training, "ledger_dir": str(ledger_dir)}
@@ -243,6 +247,7 @@ def _run_trial(cfg: TrialConfig, ledger_dir: Path) -> TrialResult:
         owned.append(benign)
         defended, latencies = wait_for(benign.run.remote(x_test, 0), "the benign client to stream the test set",
                                        timeout)
+        client_stats["benign"] = ray.get(benign.stats.remote())
         _kill([owned.pop()])
         defended = torch.from_numpy(np.array(defended, dtype=np.float32))
         clean = predict_proba(victim.model, data.x_test)
@@ -256,7 +261,8 @@ def _run_trial(cfg: TrialConfig, ledger_dir: Path) -> TrialResult:
         evaluate = _Evaluation(data.x_test, data.y_test, clean, defended)
 
         # the attacks, one after another, each repeat through its own workers
-        vinfo = VictimInfo(data.shape, data.num_classes, cfg.victim.arch, tuple(served["input_range"]))
+        vinfo = VictimInfo(data.shape, data.num_classes, cfg.victim.arch, tuple(served["input_range"]),
+                           leakage=leakage)
         for attack in cfg.attacks:
             key = attack.key
             for repeat in range(cfg.repeats):
@@ -273,6 +279,8 @@ def _run_trial(cfg: TrialConfig, ledger_dir: Path) -> TrialResult:
                 attackers.extend(ids)
                 checkpoint = _curve_recorder(run.checkpoints, evaluate, curves, key, repeat) if run.checkpoints else None
                 substitute = steal(run, RayQueryClient(workers, budgets, timeout), pool, vinfo, checkpoint)
+                client_stats |= dict(zip(ids, ray.get([w.stats.remote() for w in workers])))
+                pow_clients.setdefault(key, []).extend(ids)
                 _kill([owned.pop() for _ in workers])
                 ledger = wait_for(service.ledger.remote(owner), "the service's ledger", timeout)
                 images = sum(ledger[cid]["images"] for cid in ids)
@@ -288,6 +296,9 @@ def _run_trial(cfg: TrialConfig, ledger_dir: Path) -> TrialResult:
         stats = wait_for(service.stats.remote(owner), "the service's stats", timeout)
         metrics["defense_latency_us"] = stats["defense_us_per_image"]
         info["service_stats"] = stats
+        if gate is not None:
+            metrics |= pow_gate.trial_metrics(gate.params.mode, ledger, client_stats, pow_clients)
+            info["pow_log"] = {c: ledger[c]["pow_log"] for cs in pow_clients.values() for c in cs if c in ledger}
         wait_for(service.flush_log.remote(owner), "the service to write its request log", timeout)
     except RayActorError as e:
         raise _failure(e, service, step) from e

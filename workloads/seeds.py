@@ -23,6 +23,7 @@ ROLES = (
     "explainer/sampling",    # SmoothGrad's input noise in the service's explanations
     "hardening/surrogate",   # training-time defenses' surrogates (InI's frozen student)
     "hardening/data",        # training-time defenses' own sampling (OOD batches, watermark sets)
+    "pow/calibration",       # the benign reference client's random query order (calibrated proof of work)
 )
 
 

@@ -169,6 +169,7 @@ class VictimInfo:
     num_classes: int
     arch: str
     input_range: tuple[float, float] = (0.0, 1.0)   # the service rejects queries with any pixel outside it
+    leakage: object = None   # the pow defense's leakage estimator (increments/cost), for worst-case attackers
 
 
 Checkpoint = Callable[[int, nn.Module], None]
