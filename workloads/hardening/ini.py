@@ -138,6 +138,25 @@ def pcgrad(grads: list[list[torch.Tensor | None]], generator: torch.Generator) -
     return [m.view_as(r) for m, r in zip(merged.split([r.numel() for r in like]), like)]
 
 
+def step(victim: nn.Module, surrogate: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+         x_ood: torch.Tensor, params: IniParams, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """One optimisation step of V (S is never differentiated into); returns the unweighted terms."""
+    weights, v_params = params.weights(), list(victim.parameters())
+    terms = loss_terms(victim, surrogate, x, y, x_ood, weights, params.use_ie)
+    weighted = [weights[k] * t for k, t in terms.items()]
+    if params.pcgrad:
+        grads = pcgrad([torch.autograd.grad(t, v_params, retain_graph=True, allow_unused=True) for t in weighted],
+                       generator)
+    else:
+        grads = torch.autograd.grad(sum(weighted), v_params)
+    for p, g in zip(v_params, grads):
+        p.grad = g.detach()
+    if not params.pcgrad:
+        nn.utils.clip_grad_norm_(v_params, params.max_grad_norm)
+    opt.step()
+    return terms
+
+
 def _surrogate(params: IniParams, ctx: HardeningContext) -> nn.Module:
     """S: V's architecture from the "hardening/surrogate" stream, or loaded from `surrogate_path`; frozen."""
     data = ctx.data
@@ -157,13 +176,12 @@ def _surrogate(params: IniParams, ctx: HardeningContext) -> nn.Module:
 def train(params: IniParams, ctx: HardeningContext) -> HardeningResult:
     """Train ctx.model with the InI objective; metrics are each term's mean over the last epoch."""
     data, device = ctx.data, ctx.device
-    weights = params.weights()
     x_ood = ood_images(params.ood, data, seed=derive_seed("hardening/data", ctx.seed), data_root=ctx.data_root,
                        field=f"{FIELD}.ood")
     surrogate = _surrogate(params, ctx)
     victim = ctx.model.to(device).train()
-    v_params = list(victim.parameters())
-    opt = torch.optim.SGD(v_params, lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay)
+    opt = torch.optim.SGD(victim.parameters(), lr=params.lr, momentum=params.momentum,
+                          weight_decay=params.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, params.lr_step, params.lr_gamma)
     order = torch.Generator().manual_seed(derive_seed("victim/train", ctx.seed))
     sampling = torch.Generator().manual_seed(derive_seed("hardening/data", ctx.seed))
@@ -173,18 +191,7 @@ def train(params: IniParams, ctx: HardeningContext) -> HardeningResult:
         t0, sums, steps = time.perf_counter(), defaultdict(float), 0
         for idx in torch.randperm(len(data.x_train), generator=order).split(bs):
             x, y = data.x_train[idx].to(device), data.y_train[idx].to(device)
-            terms = loss_terms(victim, surrogate, x, y, ood.take(len(idx)).to(device), weights, params.use_ie)
-            weighted = [weights[k] * t for k, t in terms.items()]
-            if params.pcgrad:
-                grads = pcgrad([torch.autograd.grad(t, v_params, retain_graph=True, allow_unused=True)
-                                for t in weighted], sampling)
-            else:
-                grads = torch.autograd.grad(sum(weighted), v_params)
-            for p, g in zip(v_params, grads):
-                p.grad = g.detach()
-            if not params.pcgrad:
-                nn.utils.clip_grad_norm_(v_params, params.max_grad_norm)
-            opt.step()
+            terms = step(victim, surrogate, opt, x, y, ood.take(len(idx)).to(device), params, sampling)
             for k, t in terms.items():
                 sums[k] += float(t.detach())
             steps += 1
