@@ -26,7 +26,8 @@ from ray.tune.result import AUTO_RESULT_KEYS, DEBUG_METRICS
 from orchestrator import ledger
 from orchestrator.cli import UserError
 from orchestrator.config import trial_config
-from orchestrator.sweep_config import DEFAULT_STORAGE, SearchSpace, SweepConfig, as_data, bundles, from_dict, plan
+from orchestrator.sweep_config import (DEFAULT_STORAGE, HARDENING_PREFIX, SearchSpace, SweepConfig, as_data, bundles,
+                                       from_dict, plan, trial_data)
 from orchestrator.tracking import Tracker, check_reachable, print_frontier
 from workloads.config import ConfigError, to_dict
 
@@ -38,10 +39,11 @@ TUNE_KEYS = set(AUTO_RESULT_KEYS) | set(DEBUG_METRICS) | {"done", "training_iter
 
 # ---------------------------------------------------------------------------------------- the trials
 def defense_trial(config: dict, base: dict, ledgers: str, sweep_id: str) -> None:
-    """Tune function trainable: one trial on the defense point Optuna chose; reports its metrics."""
+    """Tune function trainable: one trial on the point Optuna chose (a defense, and a victim recipe when that
+    is searched: its victim comes from the cache or is trained here); reports its metrics."""
     from orchestrator.trial import run_trial
 
-    result = run_trial(trial_config({**base, "defense": config["defense"]}))
+    result = run_trial(trial_config(trial_data(base, config)))
     trial_id = tune.get_context().get_trial_id()
     ledger.write(result.ledger, Path(ledgers) / f"{trial_id}.parquet", sweep_id=sweep_id, trial_id=trial_id)
     tune.report(result.metrics)
@@ -63,6 +65,10 @@ class TrackingCallback(tune.Callback):
         metrics = {k: v for k, v in (trial.last_result or {}).items()
                    if k not in TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
         defense = trial.config["defense"]
+        if "hardening" in trial.config:     # the victim's recipe point, logged beside the defense's
+            recipe = trial.config["hardening"]
+            defense = {"name": defense["name"], "params": defense["params"] | {"victim.hardening": recipe["name"]}
+                       | {HARDENING_PREFIX + k: v for k, v in recipe["params"].items()}}
         ledger_path = self.sweep_dir / "ledgers" / f"{trial.trial_id}.parquet"
         self.tracker.log_trial(trial.trial_id, defense, metrics, ledger_path, failed=failed,
                                label_keys=self.label_keys[defense["name"]])
@@ -100,10 +106,11 @@ def _train_victim(victim: dict, cache_dir: str) -> float:
 
 
 def _victim_accuracy(cfg: SweepConfig) -> float:
-    """Train the victim into the cache once, before any trial (on a worker with a trial's resources)."""
+    """Train the victim into the cache once, before any trial (on a worker with a trial's resources); with a
+    searched recipe, the example point's victim (the others are trained by the trials that need them)."""
     task = _train_victim.options(num_cpus=cfg.trial_resources.num_cpus, num_gpus=cfg.trial_resources.num_gpus)
     try:
-        return ray.get(task.remote(to_dict(cfg.victim), cfg.cache_dir))
+        return ray.get(task.remote(to_dict(cfg.victim.at()), cfg.cache_dir))
     except ray.exceptions.RayTaskError as e:      # e.g. a dataset that is not there
         raise UserError(f"training the victim failed: {e.cause}") from None
 
@@ -151,7 +158,8 @@ def run(cfg: SweepConfig) -> int:
         (sweep_dir / STATE_FILE).write_text(json.dumps(
             {"config": as_data(cfg), "tracker": dataclasses.asdict(tracker)}, indent=2))
         print(f"sweep {sweep_id}: {cfg.num_samples} trials ({cfg.search.sampler}), up to "
-              f"{cfg.search.max_concurrent} at a time, each {bundles(cfg)}; victim accuracy {acc:.4f}\n"
+              f"{cfg.search.max_concurrent} at a time, each {bundles(cfg)}; victim accuracy {acc:.4f}"
+              f"{' (first point of victim.hardening; each trial trains or loads its own)' if cfg.hardening_searched else ''}\n"
               f"  directory {sweep_dir}\n  MLflow {cfg.tracking.uri} experiment {cfg.tracking.experiment!r} "
               f"run {tracker.parent_run_id}", flush=True)
         return _fit(cfg, tracker, sweep_dir, tune.Tuner(
@@ -160,7 +168,7 @@ def run(cfg: SweepConfig) -> int:
                                         max_concurrent_trials=cfg.search.max_concurrent, reuse_actors=True),
             run_config=tune.RunConfig(
                 name=sweep_id, storage_path=cfg.storage, failure_config=tune.FailureConfig(max_failures=0),
-                callbacks=[TrackingCallback(tracker, sweep_dir, {sp.name: list(sp.searched) for sp in cfg.spaces})])))
+                callbacks=[TrackingCallback(tracker, sweep_dir, cfg.label_keys())])))
     finally:
         if started:
             ray.shutdown()

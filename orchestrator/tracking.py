@@ -165,7 +165,7 @@ class Tracker:
     # ---------------------------------------------------------------------------------- the frontier
     def trials_table(self, cfg: SweepConfig) -> pd.DataFrame:
         """One row per logged trial: ids, defense, hyperparameters (label and columns), every metric."""
-        searched = {sp.name: list(sp.searched) for sp in cfg.spaces}
+        searched = cfg.label_keys()
         rows = []
         for run in self.trial_runs():
             params = {k: _number(v) for k, v in run.data.params.items() if k != "defense"}
