@@ -7,11 +7,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from orchestrator.errors import UserError
 from workloads.config import ConfigError
 
-
-class UserError(Exception):
-    """A problem with the user's input or environment, reported as one line."""
+__all__ = ["main", "UserError"]
 
 
 def _parser() -> argparse.ArgumentParser:

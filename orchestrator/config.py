@@ -60,8 +60,10 @@ class TrialConfig:
     workers: WorkerResources = WorkerResources()
     benign: BenignConfig = BenignConfig()
     cache_dir: str | None = None   # victim cache; None = ~/.cache/heist/victims
+    repeats: int = 1               # each attack runs this many times (seeds seed, seed+1, ...); metrics are means ± sd
 
     def __post_init__(self):
+        positive("repeats", self.repeats)
         if not self.attacks:
             raise ConfigError("attacks: expected at least one attack")
         limit = self.service.max_request

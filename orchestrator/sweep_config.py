@@ -47,22 +47,30 @@ from workloads.victims import DEFAULT_CACHE, VictimConfig
 DEFAULT_STORAGE = "heist_runs"          # under the working directory unless HEIST_STORAGE or `storage:` say otherwise
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
-# DESIGN.md's metric names: sweep-level ones, and those reported per attack as `<name>/<attack key>`.
-METRICS = ("victim_accuracy", "defended_accuracy", "perturbation_l1", "defense_latency_ms", "stolen_accuracy",
-           "fidelity", "relative_accuracy", "pow_benign_overhead", "pow_attacker_overhead", "privacy_cost_benign",
-           "privacy_cost_attacker", "wm_accuracy_victim", "robust_accuracy")
-PER_ATTACK_METRICS = ("stolen_accuracy", "fidelity", "queries", "wm_accuracy", "wm_pvalue")
+# docs/DESIGN.md's metric names: those every trial reports, and those reported per attack as `<name>/<attack key>`.
+METRICS = ("victim_accuracy", "defended_accuracy", "perturbation_l1", "perturbation_l1_attacker",
+           "defense_latency_us", "stolen_accuracy", "fidelity", "agreement", "relative_accuracy")
+PER_ATTACK_METRICS = ("stolen_accuracy", "fidelity", "agreement", "perturbation_l1", "queries")
+# With repeats > 1 these come with their sample standard deviation as `<name>_std` and `<name>_std/<attack key>`.
+SPREAD_METRICS = ("stolen_accuracy", "fidelity", "agreement", "relative_accuracy")
 # The worst value a metric can take, per mode: the default reference point for the hypervolume.
 BOUNDS = {"victim_accuracy": (0.0, 1.0), "defended_accuracy": (0.0, 1.0), "stolen_accuracy": (0.0, 1.0),
-          "fidelity": (0.0, 1.0), "relative_accuracy": (0.0, 1.0), "robust_accuracy": (0.0, 1.0),
-          "wm_accuracy_victim": (0.0, 1.0), "perturbation_l1": (0.0, 2.0)}
+          "fidelity": (0.0, 1.0), "agreement": (0.0, 1.0), "relative_accuracy": (0.0, 1.0),
+          "robust_accuracy": (0.0, 1.0), "wm_accuracy_victim": (0.0, 1.0), "perturbation_l1": (0.0, 2.0),
+          "perturbation_l1_attacker": (0.0, 2.0)}
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 HARDENING_PREFIX = "victim.hardening."     # Optuna / MLflow names of the victim recipe's searched hyperparameters
 
 
-def metric_names(attacks) -> list[str]:
-    """Every metric a trial of these attacks can report."""
-    return list(METRICS) + [f"{m}/{a.key}" for a in attacks for m in PER_ATTACK_METRICS]
+def metric_names(attacks, repeats: int = 1, extra=()) -> list[str]:
+    """Every metric a trial of these attacks reports (what objectives may name); `extra` adds the metrics of
+    optional parts the trial has (e.g. a hardening recipe's)."""
+    names = list(METRICS) + list(extra)
+    per_attack = [f"{m}/{a.key}" for a in attacks for m in PER_ATTACK_METRICS]
+    if repeats > 1:
+        names += [f"{m}_std" for m in SPREAD_METRICS]
+        per_attack += [f"{m}_std/{a.key}" for a in attacks for m in PER_ATTACK_METRICS[:-1]]
+    return names + per_attack
 
 
 # ------------------------------------------------------------------------------------ search space
@@ -343,6 +351,7 @@ class SweepConfig:
     benign: BenignConfig = BenignConfig()
     trial_resources: WorkerResources = WorkerResources(num_cpus=0.5)   # the trial process: substitute training
     cache_dir: str | None = None                           # victim cache; default ~/.cache/heist/victims
+    repeats: int = 1                                       # attack runs per trial (independent seeds): mean ± sd
     objectives: list[Objective] = dataclasses.field(default_factory=lambda: [
         Objective("defended_accuracy", "max"), Objective("stolen_accuracy", "min")])
     reference_point: dict[str, float] = dataclasses.field(default_factory=dict)
@@ -369,7 +378,7 @@ class SweepConfig:
             raise ConfigError(errors)
         first = self.spaces[0]
         TrialConfig(self.victim.at(), DefenseConfig(first.name, first.example()), self.attacks, self.service,
-                    self.workers, self.benign, self.cache_dir)
+                    self.workers, self.benign, self.cache_dir, self.repeats)
 
     # -- derived views
     @property
@@ -417,7 +426,7 @@ class SweepConfig:
         recipe is searched, replaces `victim.hardening` with its point: `trial_data`)."""
         return {"victim": to_dict(self.victim.at()), "attacks": [to_dict(a) for a in self.attacks],
                 "service": to_dict(self.service), "workers": to_dict(self.workers),
-                "benign": to_dict(self.benign), "cache_dir": self.cache_dir}
+                "benign": to_dict(self.benign), "cache_dir": self.cache_dir, "repeats": self.repeats}
 
     def optuna_points(self) -> list[dict]:
         """search.points_to_evaluate under the Optuna parameter names SearchSpace uses."""
@@ -432,7 +441,7 @@ class SweepConfig:
 
     # -- checks
     def _check_objectives(self) -> list[str]:
-        errors, known, seen = [], metric_names(self.attacks), []
+        errors, known, seen = [], metric_names(self.attacks, self.repeats), []
         if not self.objectives:
             errors.append("objectives: expected at least one objective")
         for i, o in enumerate(self.objectives):
@@ -601,8 +610,8 @@ def bundles(cfg: SweepConfig) -> list[dict[str, float]]:
     """One trial's placement-group bundles: the trial process, its VictimService, its attacker workers."""
     from orchestrator.trial import trial_bundles
 
-    return trial_bundles(TrialConfig(attacks=cfg.attacks, service=cfg.service, workers=cfg.workers),
-                         driver=cfg.trial_resources)
+    trial = TrialConfig(victim=cfg.victim, attacks=cfg.attacks, service=cfg.service, workers=cfg.workers)
+    return trial_bundles(trial, driver=cfg.trial_resources)
 
 
 def cluster_resources() -> dict[str, float]:

@@ -59,13 +59,19 @@ def _train(model, x, targets, cfg: TrainConfig, gen: torch.Generator, device) ->
         for idx in torch.randperm(len(x), generator=gen).split(cfg.batch_size):
             xb, tb = x[idx].to(device), targets[idx].to(device)
             logits = model(xb)
-            loss = (-(tb * F.log_softmax(logits, 1)).sum(1).mean()) if soft else F.cross_entropy(logits, tb)
+            loss = soft_cross_entropy(logits, tb) if soft else F.cross_entropy(logits, tb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             if sched:
                 sched.step()
     return model.eval()
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Distillation loss on probability targets: mean over rows of −Σ_k t_k log softmax(z)_k, which is
+    KL(t ‖ softmax z) up to the targets' entropy (Knockoff Nets' soft-label training)."""
+    return -(targets * F.log_softmax(logits, 1)).sum(1).mean()
 
 
 @torch.no_grad()
