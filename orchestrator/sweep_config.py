@@ -217,6 +217,8 @@ class ParamSpace:
                     parse(self.params_cls, {**example, key: value}, "params")
                 except ConfigError as e:
                     for m in e.errors:
+                        if any(m.startswith(f"params.{other}: ") for other in dims if other != key):
+                            continue                     # reported, annotated, when that hyperparameter is probed
                         if m.startswith(f"params.{key}: ") and dim.kind != "fixed":
                             m = f"{m} (in {dim})"
                         elif m.startswith(f"params.{key}: ") and not _number(value):
@@ -610,7 +612,7 @@ def bundles(cfg: SweepConfig) -> list[dict[str, float]]:
     """One trial's placement-group bundles: the trial process, its VictimService, its attacker workers."""
     from orchestrator.trial import trial_bundles
 
-    trial = TrialConfig(victim=cfg.victim, attacks=cfg.attacks, service=cfg.service, workers=cfg.workers)
+    trial = TrialConfig(victim=cfg.victim.at(), attacks=cfg.attacks, service=cfg.service, workers=cfg.workers)
     return trial_bundles(trial, driver=cfg.trial_resources)
 
 
