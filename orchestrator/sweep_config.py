@@ -184,7 +184,7 @@ class ParamSpace:
         if self.name not in registry:
             raise ConfigError(f"name: unknown {self.kind} {self.name!r}{did_you_mean(self.name, registry)}; "
                               f"expected one of {sorted(registry)}")
-        fields = {f.name for f in dataclasses.fields(self.params_cls)}
+        fields = [f.name for f in dataclasses.fields(self.params_cls)]
         errors, dims = [], {}
         for key, value in self.params.items():
             if key not in fields:
