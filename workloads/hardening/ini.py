@@ -92,7 +92,7 @@ def distillation_kl(surrogate_logits: torch.Tensor, victim_logits: torch.Tensor)
 def loss_terms(victim: nn.Module, surrogate: nn.Module, x: torch.Tensor, y: torch.Tensor, x_ood: torch.Tensor,
                active, use_ie: bool = False) -> dict[str, torch.Tensor]:
     """The unweighted InI terms named in `active` (ce, id, ood, gid, good), differentiable w.r.t. V only."""
-    s_params = [p for p in surrogate.parameters()]
+    s_params = list(surrogate.parameters())
     v_id, s_id = victim(x), surrogate(x)
     terms = {"ce": F.cross_entropy(v_id, y)}
     if "id" in active:
