@@ -146,6 +146,8 @@ def test_each_recipe_point_trains_its_victim_once_and_combines_with_the_output_d
                               "tags.`heist.kind` = 'trial'")
     assert sorted(float(r.data.params["victim.hardening.gamma"]) for r in runs) == [0.3, 1.0]
     assert {r.data.params["defense"] for r in runs} == {"dcp"} and all(r.info.status == "FINISHED" for r in runs)
+    assert {r.data.params["victim.hardening"] for r in runs} == {"ini"}
+    assert sorted(r.info.run_name for r in runs) == ["dcp victim.hardening.gamma=0.3", "dcp victim.hardening.gamma=1"]
 
     # the first point's victim is trained up front, the second by its trial: two entries, and every point's
     # victim is a cache hit, so a re-run (its trials call the same load_or_train) trains nothing
