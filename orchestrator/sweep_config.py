@@ -299,6 +299,11 @@ class VictimSpace(VictimConfig):
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(VictimConfig)}
         return VictimConfig(**fields | {"hardening": self.hardening.config(params)})
 
+    @property
+    def key(self) -> str:
+        """The cache key of the victim at the first point (the only one when the recipe is not searched)."""
+        return self.at().key
+
 
 # ------------------------------------------------------------------------------------------ the sweep
 @dataclasses.dataclass(frozen=True)
