@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--in-flight", type=int, help="requests each worker keeps in flight")
     b.add_argument("--num-cpus", type=float, help="CPUs (and torch threads) of the service actor")
     b.add_argument("--repeats", type=int, help="runs per setting; the best is reported")
+    b.add_argument("--defenses", action="store_true",
+                   help="instead: each output defense's added cost per image at a fixed batch (--batch)")
 
     r = sub.add_parser("run", help="run a sweep: Tune + Optuna trials, MLflow runs, the Pareto frontier")
     r.add_argument("config", help="sweep YAML, e.g. sweeps/quickstart.yaml")
