@@ -42,7 +42,8 @@ from orchestrator import ledger, progress
 from orchestrator import undefended as reference_trial
 from orchestrator.errors import UserError
 from orchestrator.config import trial_config
-from orchestrator.sweep_config import DEFAULT_STORAGE, SearchSpace, SweepConfig, as_data, bundles, from_dict, plan
+from orchestrator.sweep_config import (DEFAULT_STORAGE, HARDENING_PREFIX, SearchSpace, SweepConfig, as_data, bundles,
+                                       from_dict, plan, trial_data)
 from orchestrator.tracking import Tracker, check_reachable, print_frontier
 from workloads.config import ConfigError, to_dict
 
@@ -108,14 +109,15 @@ def _tune_error(trial) -> str:
 
 # ---------------------------------------------------------------------------------------- the trials
 def defense_trial(config: dict, base: dict, sweep_dir: str, sweep_id: str) -> None:
-    """Tune function trainable: one trial on the defense point Optuna chose; records and reports its metrics."""
+    """Tune function trainable: one trial on the point Optuna chose (a defense, and a victim recipe when that is
+    searched: its victim comes from the cache or is trained here); records and reports its metrics."""
     from orchestrator.trial import run_trial
 
     folder, trial_id = Path(sweep_dir), tune.get_context().get_trial_id()
     record = {"trial_id": trial_id, "study_trial": config.get("study_trial"), "defense": config["defense"],
-              "started": time.time()}
+              "hardening": config.get("hardening"), "started": time.time()}
     try:
-        result = run_trial(trial_config({**base, "defense": config["defense"]}))
+        result = run_trial(trial_config(trial_data(base, config)))
     except Exception as e:
         write_json(folder / RESULTS / f"{trial_id}.json",
                    record | {"status": "FAILED", "error": failure_reason(e), "metrics": {}, "ended": time.time()})
@@ -169,7 +171,7 @@ class TrialLog:
 
     def __init__(self, cfg: SweepConfig, tracker: Tracker, sweep_dir: Path):
         self.tracker, self.sweep_dir, self.offline = tracker, sweep_dir, None
-        self.label_keys = {sp.name: list(sp.searched) for sp in cfg.spaces}
+        self.label_keys = cfg.label_keys()
         state = sweep_dir / STATE_FILE
         self.undefended = read_json(state, "sweep state").get("undefended", {}) if state.exists() else {}
 
@@ -188,9 +190,13 @@ class TrialLog:
             with _abortable():
                 metrics = record["metrics"] | reference_trial.relative(record["metrics"], self.undefended)
                 started, ended = record.get("started"), record.get("ended")
-                self.tracker.log_trial(trial_id, record["defense"], metrics, files,
+                defense, recipe = record["defense"], record.get("hardening")
+                if recipe:            # the victim's recipe point, logged beside the defense's
+                    defense = {"name": defense["name"], "params": defense["params"] | {
+                        "victim.hardening": recipe["name"]} | {HARDENING_PREFIX + k: v for k, v in recipe["params"].items()}}
+                self.tracker.log_trial(trial_id, defense, metrics, files,
                                        failed=record["status"] == "FAILED", error=record.get("error"),
-                                       label_keys=self.label_keys[record["defense"]["name"]],
+                                       label_keys=self.label_keys[defense["name"]],
                                        start_ms=int(started * 1000) if started else None,
                                        end_ms=int(ended * 1000) if ended else None)
         except _Aborted:
@@ -308,10 +314,11 @@ def _train_victim(victim: dict, cache_dir: str) -> float:
 
 
 def _victim_accuracy(cfg: SweepConfig) -> float:
-    """Train the victim into the cache once, before any trial (on a worker with a trial's resources)."""
+    """Train the victim into the cache once, before any trial (on a worker with a trial's resources); with a
+    searched recipe, the example point's victim (the others are trained by the trials that need them)."""
     task = _train_victim.options(num_cpus=cfg.trial_resources.num_cpus, num_gpus=cfg.trial_resources.num_gpus)
     try:
-        return ray.get(task.remote(to_dict(cfg.victim), cfg.cache_dir))
+        return ray.get(task.remote(to_dict(cfg.victim.at()), cfg.cache_dir))
     except ray.exceptions.RayTaskError as e:      # e.g. a dataset that is not there
         raise UserError(f"training the victim failed: {e.cause}") from None
 
@@ -391,7 +398,7 @@ def _fit(cfg: SweepConfig, tracker: Tracker, sweep_dir: Path, trials: int, first
     it like Ctrl-C (Tune stops the running trials; `heist resume` runs them again); a second one force-quits."""
     log = TrialLog(cfg, tracker, sweep_dir)
     attempt = len(list((sweep_dir / "tune").glob("attempt-*")))
-    label_keys = {sp.name: list(sp.searched) for sp in cfg.spaces}
+    label_keys = cfg.label_keys()
     with progress.quiet_tune(sweep_dir):     # Heist prints its own progress; Tune's goes to tune.log
         tuner = tune.Tuner(
             trainable(cfg, sweep_dir, tracker.sweep_id),
@@ -431,9 +438,10 @@ def run(cfg: SweepConfig) -> int:
     cfg, started = _start_ray(cfg)
     try:
         acc = _victim_accuracy(cfg)
+        plain = cfg.base_trial()        # the reference has no defense at all: no output defense, no hardening
+        plain["victim"] = plain["victim"] | {"hardening": {"name": "none", "params": {}}}
         try:
-            baseline = reference_trial.undefended(cfg.base_trial(), cfg.trial_resources.num_cpus,
-                                                  cfg.trial_resources.num_gpus)
+            baseline = reference_trial.undefended(plain, cfg.trial_resources.num_cpus, cfg.trial_resources.num_gpus)
         except UserError as e:       # the trials will say why too; the sweep records each one's reason
             print(f"heist: warning: {e}; the sweep goes on without an undefended reference", file=sys.stderr)
             baseline = None
@@ -446,7 +454,8 @@ def run(cfg: SweepConfig) -> int:
         write_json(sweep_dir / STATE_FILE, {"config": as_data(cfg), "tracker": dataclasses.asdict(tracker),
                                             "undefended": baseline.metrics if baseline else {}})
         print(f"sweep {sweep_id}: {cfg.num_samples} trials ({cfg.search.sampler}), up to "
-              f"{cfg.search.max_concurrent} at a time, each {bundles(cfg)}; victim accuracy {acc:.4f}\n"
+              f"{cfg.search.max_concurrent} at a time, each {bundles(cfg)}; victim accuracy {acc:.4f}"
+              f"{' (first point of victim.hardening; each trial trains or loads its own)' if cfg.hardening_searched else ''}\n"
               f"  directory {sweep_dir} (Tune's log: tune.log)\n"
               f"  MLflow {cfg.tracking.uri} experiment {cfg.tracking.experiment!r} run {tracker.parent_run_id}",
               flush=True)

@@ -12,6 +12,12 @@ a searched choice and every trial is one defense at one hyperparameter point. A 
 fixed value, `{uniform: [a, b]}`, `{loguniform: [a, b]}`, `{int: [a, b]}` (both ends included),
 `{choice: [...]}`, or a plain list of values (the same as choice; the natural form for grids).
 
+The victim's training-time defense is searched the same way: `victim.hardening.params` values may be
+search spaces (`victim: {hardening: {name: ini, params: {gamma: [0.1, 0.3, 1.0]}}}`); each trial then trains
+(or loads, from the content-addressed cache) the victim of its point, and may combine it with any output
+defense. A hyperparameter whose value is a mapping (InI's `ood: {kind: noise}`) is a fixed value; a choice
+between mappings is `{choice: [{kind: noise}, {kind: dataset, name: mnist}]}`.
+
 `load(path)` parses and resolves a YAML (defaults, absolute paths, tracking URI) and raises one
 ConfigError listing every problem as `yaml.path: message`, before anything starts.
 """
@@ -19,7 +25,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
+import typing
 import os
 import re
 from pathlib import Path
@@ -31,7 +39,10 @@ from orchestrator.config import BenignConfig, ServiceConfig, TrialConfig, Worker
 from workloads.attacks import AttackConfig
 from workloads.config import (INT_MAX, ConfigError, check_choice, did_you_mean, in_range, load_yaml, parse, positive,
                               to_dict)
-from workloads.defenses import REGISTRY, DefenseConfig, ensure_loaded, param_fields
+import workloads.defenses as output_defenses
+import workloads.hardening as hardening_recipes
+from workloads.defenses import DefenseConfig
+from workloads.hardening import HardeningConfig
 from workloads.victims import DEFAULT_CACHE, VictimConfig
 
 DEFAULT_STORAGE = "heist_runs"          # under the working directory unless HEIST_STORAGE or `storage:` say otherwise
@@ -56,6 +67,7 @@ BOUNDS = {"victim_accuracy": (0.0, 1.0), "defended_accuracy": (0.0, 1.0), "stole
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 MAX_GRID = 100_000                      # points a grid sweep may enumerate
 SEED_MAX = 2**32 - 1                    # Optuna's samplers seed numpy's RandomState
+HARDENING_PREFIX = "victim.hardening."     # Optuna / MLflow names of the victim recipe's searched hyperparameters
 
 
 def metric_names(attacks, repeats: int = 1, extra=()) -> list[str]:
@@ -108,8 +120,9 @@ class Dim:
         """The value an Optuna trial picks (define-by-run); a fixed value is not a searched parameter."""
         if self.kind == "fixed":
             return self.values[0]
-        if self.kind == "choice":
-            return trial.suggest_categorical(name, list(self.values))
+        if self.kind == "choice":      # Optuna's categoricals are scalars: a mapping goes by its JSON text
+            labels = [json.dumps(v, sort_keys=True) if isinstance(v, dict) else v for v in self.values]
+            return self.values[labels.index(trial.suggest_categorical(name, labels))]
         if self.kind == "int":
             return trial.suggest_int(name, *self.values)
         return trial.suggest_float(name, *self.values, log=self.kind == "loguniform")
@@ -129,21 +142,26 @@ def _scalar(v) -> bool:
     return v is None or isinstance(v, (bool, str)) or _number(v)
 
 
-def _choice(values, where: str) -> Dim:
+def _choice(values, where: str, mapping: bool = False) -> Dim:
     if not isinstance(values, list):
         raise ConfigError(f"{where}: expected a list of values, got {values!r}")
     if not values:
         raise ConfigError(f"{where}: empty search space: expected at least one value")
-    if not all(_scalar(v) for v in values):
-        raise ConfigError(f"{where}: expected numbers, strings or booleans, got {values!r}")
+    if not all(_scalar(v) or (mapping and isinstance(v, dict)) for v in values):
+        kinds = "numbers, strings, booleans or mappings" if mapping else "numbers, strings or booleans"
+        raise ConfigError(f"{where}: expected {kinds}, got {values!r}")
     return Dim("choice", tuple(values))
 
 
-def parse_dim(value) -> Dim:
-    """A YAML hyperparameter value as a Dim; ConfigError messages start with the path below the parameter."""
+def parse_dim(value, mapping: bool = False) -> Dim:
+    """A YAML hyperparameter value as a Dim; ConfigError messages start with the path below the parameter.
+
+    `mapping`: the hyperparameter takes a mapping, so a mapping that is not a distribution is a fixed value."""
     if isinstance(value, list):
-        return _choice(value, "")
+        return _choice(value, "", mapping)
     if not isinstance(value, dict):
+        return Dim("fixed", (value,))
+    if mapping and not (len(value) == 1 and next(iter(value)) in DISTRIBUTIONS):
         return Dim("fixed", (value,))
     if len(value) != 1:
         raise ConfigError(f": expected a number or a distribution such as {{uniform: [0, 1]}}, got {value!r}")
@@ -153,7 +171,7 @@ def parse_dim(value) -> Dim:
                           f"expected one of {', '.join(DISTRIBUTIONS)}")
     where = f".{kind}"
     if kind == "choice":
-        return _choice(args, where)
+        return _choice(args, where, mapping)
     if not (isinstance(args, list) and len(args) == 2 and all(_number(a) for a in args)):
         raise ConfigError(f"{where}: expected [low, high], got {args!r}")
     low, high = args
@@ -167,18 +185,24 @@ def parse_dim(value) -> Dim:
 
 
 @dataclasses.dataclass(frozen=True)
-class DefenseSpace:
-    """A defense by registry name and a search space over its hyperparameters."""
+class ParamSpace:
+    """A registry entry by name and a search space over its hyperparameters (DefenseSpace, HardeningSpace)."""
 
     name: str = "none"
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    kind: typing.ClassVar[str]
+
+    @staticmethod
+    def registry() -> dict[str, tuple]:
+        """name -> (Params class, ...), every module loaded."""
+        raise NotImplementedError
 
     def __post_init__(self):
-        ensure_loaded()
-        if self.name not in REGISTRY:
-            raise ConfigError(f"name: unknown defense {self.name!r}{did_you_mean(self.name, REGISTRY)}; "
-                              f"expected one of {sorted(REGISTRY)}")
-        fields = param_fields(self.name)
+        registry = self.registry()
+        if self.name not in registry:
+            raise ConfigError(f"name: unknown {self.kind} {self.name!r}{did_you_mean(self.name, registry)}; "
+                              f"expected one of {sorted(registry)}")
+        fields = [f.name for f in dataclasses.fields(self.params_cls)]
         errors, dims = [], {}
         for key, value in self.params.items():
             if key not in fields:
@@ -186,34 +210,50 @@ class DefenseSpace:
                               f"{self.name} takes {', '.join(fields) or 'none'}")
                 continue
             try:
-                dims[key] = parse_dim(value)
+                dims[key] = parse_dim(value, key in self._mappings())
             except ConfigError as e:
                 errors.extend(f"params.{key}{m}" for m in e.errors)
         errors.extend(self._check_values(dims) if not errors else [])
         if errors:
             raise ConfigError(errors)
 
+    @property
+    def params_cls(self) -> type:
+        return self.registry()[self.name][0]
+
+    def _mappings(self) -> set[str]:
+        """The hyperparameters whose values are mappings (typed as a dataclass)."""
+        return {k for k, tp in typing.get_type_hints(self.params_cls).items() if dataclasses.is_dataclass(tp)}
+
     def _check_values(self, dims: dict[str, Dim]) -> list[str]:
-        """Run every probe value through the defense's own Params validation."""
-        params_cls = REGISTRY[self.name][0]
+        """Run every probe value, and every point of a finite space, through the Params' own validation."""
         example = {k: d.probes()[0] for k, d in dims.items()}
         errors: dict[str, None] = {}
         for key, dim in dims.items():
             for value in dim.probes():
                 try:
-                    parse(params_cls, {**example, key: value}, "params")
+                    parse(self.params_cls, {**example, key: value}, "params")
                 except ConfigError as e:
                     for m in e.errors:
+                        if any(m.startswith(f"params.{other}: ") for other in dims if other != key):
+                            continue                     # reported, annotated, when that hyperparameter is probed
                         if m.startswith(f"params.{key}: ") and dim.kind != "fixed":
                             m = f"{m} (in {dim})"
                         elif m.startswith(f"params.{key}: ") and not _number(value):
                             m = m.replace(", got ", " or a distribution, got ", 1)
                         errors[m] = None
+        if not errors and all(d.finite is not None for d in dims.values()):
+            for point in itertools.product(*(d.finite for d in dims.values())):
+                try:   # a constraint between hyperparameters (InI: PCGrad needs two active terms)
+                    parse(self.params_cls, dict(zip(dims, point)), "params")
+                except ConfigError as e:
+                    return [f"{m} (at the point {dict(zip(dims, point))} of this space)" for m in e.errors]
         return list(errors)
 
     @property
     def dims(self) -> dict[str, Dim]:
-        return {k: parse_dim(v) for k, v in self.params.items()}
+        mappings = self._mappings()
+        return {k: parse_dim(v, k in mappings) for k, v in self.params.items()}
 
     @property
     def searched(self) -> dict[str, Dim]:
@@ -229,6 +269,58 @@ class DefenseSpace:
         dims = self.dims
         return [{"name": self.name, "params": dict(zip(dims, values))}
                 for values in itertools.product(*(d.finite for d in dims.values()))]
+
+    def with_defaults(self) -> ParamSpace:
+        """Every hyperparameter the sweep leaves out, at its default (a mapping default as plain data)."""
+        fields = dataclasses.fields(self.params_cls)
+        return dataclasses.replace(self, params=self.params | {
+            f.name: to_dict(f.default) if dataclasses.is_dataclass(f.default) else f.default
+            for f in fields if f.name not in self.params and f.default is not dataclasses.MISSING})
+
+
+@dataclasses.dataclass(frozen=True)
+class DefenseSpace(ParamSpace):
+    """An output defense (workloads.defenses) and a search space over its hyperparameters."""
+
+    kind = "defense"
+
+    @staticmethod
+    def registry():
+        output_defenses.ensure_loaded()
+        return output_defenses.REGISTRY
+
+
+@dataclasses.dataclass(frozen=True)
+class HardeningSpace(ParamSpace):
+    """The victim's training recipe (workloads.hardening) and a search space over its hyperparameters."""
+
+    kind = "hardening recipe"
+
+    @staticmethod
+    def registry():
+        hardening_recipes.ensure_loaded()
+        return hardening_recipes.REGISTRY
+
+    def config(self, params: dict | None = None) -> HardeningConfig:
+        """The recipe at one point of the space (default: the example point)."""
+        return HardeningConfig(self.name, self.example() if params is None else params)
+
+
+@dataclasses.dataclass(frozen=True)
+class VictimSpace(VictimConfig):
+    """The victim of a sweep: a VictimConfig whose `hardening.params` may be search spaces."""
+
+    hardening: HardeningSpace = HardeningSpace()
+
+    def at(self, params: dict | None = None) -> VictimConfig:
+        """The victim at one point of the hardening space (default: the example point)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(VictimConfig)}
+        return VictimConfig(**fields | {"hardening": self.hardening.config(params)})
+
+    @property
+    def key(self) -> str:
+        """The cache key of the victim at the first point (the only one when the recipe is not searched)."""
+        return self.at().key
 
 
 # ------------------------------------------------------------------------------------------ the sweep
@@ -275,7 +367,7 @@ class TrackingConfig:
 @dataclasses.dataclass(frozen=True)
 class SweepConfig:
     name: str | None = None                                # default: the YAML file's stem
-    victim: VictimConfig = VictimConfig()
+    victim: VictimSpace = VictimSpace()                    # its hardening.params may be search spaces
     # One defense, or several searched as a choice; exactly one of the two is given (None: absent).
     defense: DefenseSpace | None = None
     defenses: list[DefenseSpace] | None = None
@@ -311,7 +403,7 @@ class SweepConfig:
         if errors:
             raise ConfigError(errors)
         first = self.spaces[0]
-        TrialConfig(self.victim, DefenseConfig(first.name, first.example()), self.attacks, self.service,
+        TrialConfig(self.victim.at(), DefenseConfig(first.name, first.example()), self.attacks, self.service,
                     self.workers, self.benign, self.cache_dir, self.repeats)
 
     # -- derived views
@@ -323,7 +415,25 @@ class SweepConfig:
         return "defense" if self.defense is not None else f"defenses[{i}]"
 
     def grid(self) -> list[dict]:
+        """Every defense point of a finite space."""
         return [point for space in self.spaces for point in space.grid()]
+
+    @property
+    def hardening_searched(self) -> bool:
+        """Whether the victim's training recipe is searched (each trial then has its own victim)."""
+        return bool(self.victim.hardening.searched)
+
+    def trial_grid(self) -> list[dict]:
+        """Every trial point of a finite space: a defense point, and a hardening point when that is searched."""
+        defenses = [{"defense": d} for d in self.grid()]
+        if not self.hardening_searched:
+            return defenses
+        return [d | {"hardening": h} for h in self.victim.hardening.grid() for d in defenses]
+
+    def label_keys(self) -> dict[str, list[str]]:
+        """Per defense, the searched hyperparameters that name a trial (hardening ones as victim.hardening.<k>)."""
+        hardening = [HARDENING_PREFIX + k for k in self.victim.hardening.searched]
+        return {sp.name: list(sp.searched) + hardening for sp in self.spaces}
 
     @property
     def metrics(self) -> list[str]:
@@ -335,22 +445,24 @@ class SweepConfig:
 
     @property
     def num_samples(self) -> int:
-        return len(self.grid()) if self.search.sampler == "grid" else (self.search.num_samples or 8)
+        return len(self.trial_grid()) if self.search.sampler == "grid" else (self.search.num_samples or 8)
 
     def base_trial(self) -> dict:
-        """The trial config every trial shares, as data; a trial adds its `defense`."""
-        return {"victim": to_dict(self.victim), "attacks": [to_dict(a) for a in self.attacks],
+        """The trial config every trial shares, as data; a trial adds its `defense` (and, when the victim's
+        recipe is searched, replaces `victim.hardening` with its point: `trial_data`)."""
+        return {"victim": to_dict(self.victim.at()), "attacks": [to_dict(a) for a in self.attacks],
                 "service": to_dict(self.service), "workers": to_dict(self.workers),
                 "benign": to_dict(self.benign), "cache_dir": self.cache_dir, "repeats": self.repeats}
 
     def optuna_points(self) -> list[dict]:
         """search.points_to_evaluate under the Optuna parameter names SearchSpace uses."""
-        out = []
+        out, hardening = [], self.victim.hardening.searched
         for point in self.search.points_to_evaluate:
             name = point.get("name", self.spaces[0].name)
             searched = next(sp for sp in self.spaces if sp.name == name).searched
             out.append(({"defense": name} if len(self.spaces) > 1 else {})
-                       | {f"{name}.{k}": v for k, v in (point.get("params") or {}).items() if k in searched})
+                       | {f"{name}.{k}": v for k, v in (point.get("params") or {}).items() if k in searched}
+                       | {HARDENING_PREFIX + k: v for k, v in (point.get("hardening") or {}).items() if k in hardening})
         return out
 
     # -- checks
@@ -374,19 +486,23 @@ class SweepConfig:
 
     def _check_search(self) -> list[str]:
         s, errors = self.search, []
-        if len(self.spaces) == 1 and not self.spaces[0].searched:
+        if len(self.spaces) == 1 and not self.spaces[0].searched and not self.hardening_searched:
             errors.append(f"{self.space_path(0)}.params: empty search space: every hyperparameter of "
-                          f"{self.spaces[0].name} is fixed; give one a distribution or a list of values")
+                          f"{self.spaces[0].name} is fixed; give one a distribution or a list of values "
+                          f"(here or under victim.hardening.params)")
         if s.sampler == "grid":
             errors += [f"{self.space_path(i)}.params.{k}: a grid needs a list of values, got {d}"
                        for i, space in enumerate(self.spaces) for k, d in space.dims.items() if d.finite is None]
-            size = sum(math.prod(d.size for d in space.dims.values()) for space in self.spaces) if not errors else 0
+            errors += [f"victim.hardening.params.{k}: a grid needs a list of values, got {d}"
+                       for k, d in self.victim.hardening.dims.items() if d.finite is None]
+            size = (sum(math.prod(d.size for d in space.dims.values()) for space in self.spaces)
+                    * math.prod(d.size for d in self.victim.hardening.dims.values())) if not errors else 0
             if size > MAX_GRID:
                 errors.append(f"search: a grid of {size} points is too large (at most {MAX_GRID}); "
                               f"use fewer values or a sampler")
                 return errors
-            if s.num_samples is not None and not errors and s.num_samples != len(self.grid()):
-                errors.append(f"search.num_samples: a grid runs each of its {len(self.grid())} points once; "
+            if s.num_samples is not None and not errors and s.num_samples != len(self.trial_grid()):
+                errors.append(f"search.num_samples: a grid runs each of its {len(self.trial_grid())} points once; "
                               f"remove num_samples")
             if s.points_to_evaluate:
                 errors.append("search.points_to_evaluate: a grid runs every point already; remove it")
@@ -396,47 +512,65 @@ class SweepConfig:
 
     def _check_point(self, point: dict, path: str) -> list[str]:
         names = [sp.name for sp in self.spaces]
-        if not isinstance(point, dict) or set(point) - {"name", "params"}:
-            return [f"{path}: expected {{name: <defense>, params: {{...}}}}, got {point!r}"]
+        if not isinstance(point, dict) or set(point) - {"name", "params", "hardening"}:
+            return [f"{path}: expected {{name: <defense>, params: {{...}}, hardening: {{...}}}}, got {point!r}"]
         name = point.get("name", names[0] if len(names) == 1 else None)
         if name not in names:
             return [f"{path}.name: expected one of this sweep's defenses {names}, got {name!r}"]
-        space = self.spaces[names.index(name)]
-        params, dims = point.get("params") or {}, space.dims
-        if not isinstance(params, dict):
-            return [f"{path}.params: expected a mapping of hyperparameter values, got {params!r}"]
-        errors = [f"{path}.params.{k}: not a hyperparameter in the {name} space{did_you_mean(k, dims)}"
-                  for k in params if k not in dims]
-        errors += [f"{path}.params.{k}: required (every searched hyperparameter needs a value)"
-                   for k in space.searched if k not in params]
-        errors += [f"{path}.params.{k}: {params[k]!r} is outside {dims[k]}"
-                   for k in params if k in dims and not dims[k].contains(params[k])]
-        return errors
+        return (_check_values_in(self.spaces[names.index(name)], point.get("params") or {}, f"{path}.params")
+                + _check_values_in(self.victim.hardening, point.get("hardening") or {}, f"{path}.hardening"))
+
+
+def _check_values_in(space: ParamSpace, params: dict, path: str) -> list[str]:
+    """Errors for a point that is not in `space`: unknown or missing searched hyperparameters, values outside."""
+    if not isinstance(params, dict):
+        return [f"{path}: expected a mapping of hyperparameter values, got {params!r}"]
+    dims = space.dims
+    errors = [f"{path}.{k}: not a hyperparameter in the {space.name} space{did_you_mean(k, dims)}"
+              for k in params if k not in dims]
+    errors += [f"{path}.{k}: required (every searched hyperparameter needs a value)"
+               for k in space.searched if k not in params]
+    errors += [f"{path}.{k}: {params[k]!r} is outside {dims[k]}"
+               for k in params if k in dims and not dims[k].contains(params[k])]
+    return errors
 
 
 class SearchSpace:
     """Optuna define-by-run space: picks a defense (when there are several), then its hyperparameters.
 
-    Optuna names a parameter `<defense>.<hyperparameter>` (two defenses may both have a `beta`); the trial
-    config Tune passes to the trainable carries the whole point as `defense: {name, params}`. A grid is
-    one categorical `point` over the enumerated grid, so Optuna's GridSampler visits each point once.
+    Optuna names a parameter `<defense>.<hyperparameter>` (two defenses may both have a `beta`), and a searched
+    hyperparameter of the victim's recipe `victim.hardening.<hyperparameter>`; the trial config Tune passes to
+    the trainable carries the point as `defense: {name, params}` and, when the recipe is searched,
+    `hardening: {name, params}`. A grid is one categorical `point` over the enumerated grid, so Optuna's
+    GridSampler visits each point once.
     """
 
     def __init__(self, cfg: SweepConfig):
         self.spaces = {sp.name: sp.dims for sp in cfg.spaces}
-        self.points = cfg.grid() if cfg.search.sampler == "grid" else None
+        self.hardening = cfg.victim.hardening if cfg.hardening_searched else None
+        self.points = cfg.trial_grid() if cfg.search.sampler == "grid" else None
 
     def grid_space(self) -> dict[str, list]:
         return {"point": list(range(len(self.points)))}
 
     def __call__(self, trial) -> dict:
         if self.points is not None:
-            return {"defense": self.points[trial.suggest_categorical("point", self.grid_space()["point"])],
-                    "study_trial": trial.number}
+            return self.points[trial.suggest_categorical("point", self.grid_space()["point"])] | {
+                "study_trial": trial.number}
         names = list(self.spaces)
         name = trial.suggest_categorical("defense", names) if len(names) > 1 else names[0]
         params = {k: d.suggest(trial, f"{name}.{k}") for k, d in self.spaces[name].items()}
-        return {"defense": {"name": name, "params": params}, "study_trial": trial.number}
+        point = {"defense": {"name": name, "params": params}, "study_trial": trial.number}
+        if self.hardening is not None:
+            point["hardening"] = {"name": self.hardening.name, "params": {
+                k: d.suggest(trial, HARDENING_PREFIX + k) for k, d in self.hardening.dims.items()}}
+        return point
+
+
+def trial_data(base: dict, point: dict) -> dict:
+    """One trial's config as data: the sweep's shared part and a point of its search space."""
+    victim = base["victim"] | ({"hardening": point["hardening"]} if "hardening" in point else {})
+    return base | {"victim": victim, "defense": point["defense"]}
 
 
 # ------------------------------------------------------------------------------------- load + resolve
@@ -465,16 +599,12 @@ def resolve(cfg: SweepConfig, name: str) -> SweepConfig:
         low, high = BOUNDS[o.metric.split("/")[0]]
         return low if o.mode == "max" else high
 
-    def with_defaults(space: DefenseSpace) -> DefenseSpace:
-        fields = param_fields(space.name).items()
-        return dataclasses.replace(space, params=space.params | {
-            k: f.default for k, f in fields if k not in space.params and f.default is not dataclasses.MISSING})
-
     name = cfg.name or name
     return dataclasses.replace(
         cfg, name=name,
-        defense=cfg.defense and with_defaults(cfg.defense),
-        defenses=cfg.defenses and [with_defaults(sp) for sp in cfg.defenses],
+        victim=dataclasses.replace(cfg.victim, hardening=cfg.victim.hardening.with_defaults()),
+        defense=cfg.defense and cfg.defense.with_defaults(),
+        defenses=cfg.defenses and [sp.with_defaults() for sp in cfg.defenses],
         storage=_absolute(cfg.storage or os.environ.get("HEIST_STORAGE") or DEFAULT_STORAGE, "storage"),
         cache_dir=_absolute(cfg.cache_dir or DEFAULT_CACHE, "cache_dir"),
         reference_point={o.metric: float(cfg.reference_point[o.metric]) if o.metric in cfg.reference_point
@@ -510,7 +640,7 @@ def bundles(cfg: SweepConfig) -> list[dict[str, float]]:
     """One trial's placement-group bundles: the trial process, its VictimService, its attacker workers."""
     from orchestrator.trial import trial_bundles
 
-    trial = TrialConfig(victim=cfg.victim, attacks=cfg.attacks, service=cfg.service, workers=cfg.workers)
+    trial = TrialConfig(victim=cfg.victim.at(), attacks=cfg.attacks, service=cfg.service, workers=cfg.workers)
     return trial_bundles(trial, driver=cfg.trial_resources)
 
 

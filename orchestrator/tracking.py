@@ -146,7 +146,8 @@ class Tracker:
         params = {"search.algorithm": cfg.search.algorithm, "search.sampler": cfg.search.sampler,
                   "search.num_samples": cfg.num_samples, "search.max_concurrent": cfg.search.max_concurrent,
                   "search.seed": cfg.search.seed, "victim.dataset": cfg.victim.dataset,
-                  "victim.arch": cfg.victim.arch, "attacks": ",".join(a.key for a in cfg.attacks)}
+                  "victim.arch": cfg.victim.arch, "victim.hardening": cfg.victim.hardening.name,
+                  "attacks": ",".join(a.key for a in cfg.attacks)}
         client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         client.log_text(run.info.run_id, dump(cfg), "sweep.yaml")
         return cls(cfg.tracking.uri, experiment_id, run.info.run_id, sweep_id)
@@ -217,7 +218,7 @@ class Tracker:
     # ---------------------------------------------------------------------------------- the frontier
     def trials_table(self, cfg: SweepConfig) -> pd.DataFrame:
         """One row per logged trial: ids, defense, hyperparameters (label and columns), every metric."""
-        searched = {sp.name: list(sp.searched) for sp in cfg.spaces}
+        searched = cfg.label_keys()
         rows = []
         for run in self.trial_runs():
             name = run.data.params.get("defense", "")

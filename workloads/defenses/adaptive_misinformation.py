@@ -10,8 +10,9 @@ probability on the true class, with the paper's loss NLL(log(1 − softmax(M(x))
 ν sets how sharp the switch at τ is: the official code uses 10000, GRAD²'s reimplementation 1000.
 
 The paper also trains the victim with Outlier Exposure (Hendrycks et al., ICLR 2019) so that
-out-of-distribution queries get low confidence; such a victim is a trained defense and is not built
-here: this module wraps whatever victim the context holds.
+out-of-distribution queries get low confidence. That victim is a training-time defense of its own,
+`victim.hardening.name: outlier_exposure` (workloads/hardening/outlier_exposure.py); this module wraps
+whatever victim the context holds, so pair the two to run AM as its paper assumes.
 """
 import dataclasses
 
