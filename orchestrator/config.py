@@ -10,6 +10,7 @@ import dataclasses
 from workloads.attacks import AttackConfig
 from workloads.config import ConfigError, parse, positive
 from workloads.defenses import DefenseConfig
+from workloads.ownership import OwnershipConfig
 from workloads.victims import VictimConfig
 
 
@@ -60,6 +61,7 @@ class TrialConfig:
     workers: WorkerResources = WorkerResources()
     benign: BenignConfig = BenignConfig()
     cache_dir: str | None = None   # victim cache; None = ~/.cache/heist/victims
+    ownership: OwnershipConfig = OwnershipConfig()   # robust accuracy and watermark verification settings
 
     def __post_init__(self):
         if not self.attacks:

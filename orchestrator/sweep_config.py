@@ -31,6 +31,7 @@ from orchestrator.config import BenignConfig, ServiceConfig, TrialConfig, Worker
 from workloads.attacks import AttackConfig
 from workloads.config import ConfigError, check_choice, did_you_mean, parse, positive, to_dict
 from workloads.defenses import REGISTRY, DefenseConfig, ensure_loaded, param_fields
+from workloads.ownership import OwnershipConfig
 from workloads.victims import DEFAULT_CACHE, VictimConfig
 
 DEFAULT_STORAGE = "heist_runs"          # under the working directory unless HEIST_STORAGE or `storage:` say otherwise
@@ -39,18 +40,26 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # DESIGN.md's metric names: sweep-level ones, and those reported per attack as `<name>/<attack key>`.
 METRICS = ("victim_accuracy", "defended_accuracy", "perturbation_l1", "defense_latency_ms", "stolen_accuracy",
            "fidelity", "relative_accuracy", "pow_benign_overhead", "pow_attacker_overhead", "privacy_cost_benign",
-           "privacy_cost_attacker", "wm_accuracy_victim", "robust_accuracy")
-PER_ATTACK_METRICS = ("stolen_accuracy", "fidelity", "queries", "wm_accuracy", "wm_pvalue")
+           "privacy_cost_attacker", "wm_accuracy_victim", "robust_accuracy", "wm_pvalue_victim", "wm_accuracy_null",
+           "wm_threshold", "wm_fpr", "wm_fpr_binomial", "wm_verification_rate")
+PER_ATTACK_METRICS = ("stolen_accuracy", "fidelity", "queries", "wm_accuracy", "wm_pvalue", "wm_verified",
+                      "wm_verified_binomial")
+# Per watermark-removal attack on a leaked victim copy (`finetune`, `prune_<rate>`; workloads.ownership).
+PER_REMOVAL_METRICS = ("wm_accuracy", "wm_pvalue", "wm_verified", "wm_verified_binomial", "removal_accuracy")
 # The worst value a metric can take, per mode: the default reference point for the hypervolume.
 BOUNDS = {"victim_accuracy": (0.0, 1.0), "defended_accuracy": (0.0, 1.0), "stolen_accuracy": (0.0, 1.0),
           "fidelity": (0.0, 1.0), "relative_accuracy": (0.0, 1.0), "robust_accuracy": (0.0, 1.0),
-          "wm_accuracy_victim": (0.0, 1.0), "perturbation_l1": (0.0, 2.0)}
+          "wm_accuracy_victim": (0.0, 1.0), "perturbation_l1": (0.0, 2.0), "wm_accuracy": (0.0, 1.0),
+          "wm_verified": (0.0, 1.0), "wm_verification_rate": (0.0, 1.0), "wm_fpr": (0.0, 1.0),
+          "wm_fpr_binomial": (0.0, 1.0), "removal_accuracy": (0.0, 1.0), "wm_pvalue": (0.0, 1.0)}
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 
 
-def metric_names(attacks) -> list[str]:
-    """Every metric a trial of these attacks can report."""
-    return list(METRICS) + [f"{m}/{a.key}" for a in attacks for m in PER_ATTACK_METRICS]
+def metric_names(attacks, ownership: OwnershipConfig = OwnershipConfig()) -> list[str]:
+    """Every metric a trial of these attacks (and these watermark-removal attacks) can report."""
+    removals = [f"prune_{r:g}" for r in ownership.prune_rates] + (["finetune"] if ownership.finetune else [])
+    return (list(METRICS) + [f"{m}/{a.key}" for a in attacks for m in PER_ATTACK_METRICS]
+            + [f"{m}/{r}" for r in removals for m in PER_REMOVAL_METRICS])
 
 
 # ------------------------------------------------------------------------------------ search space
@@ -258,6 +267,7 @@ class SweepConfig:
     benign: BenignConfig = BenignConfig()
     trial_resources: WorkerResources = WorkerResources(num_cpus=0.5)   # the trial process: substitute training
     cache_dir: str | None = None                           # victim cache; default ~/.cache/heist/victims
+    ownership: OwnershipConfig = OwnershipConfig()         # robust accuracy, watermark verification and removal
     objectives: list[Objective] = dataclasses.field(default_factory=lambda: [
         Objective("defended_accuracy", "max"), Objective("stolen_accuracy", "min")])
     reference_point: dict[str, float] = dataclasses.field(default_factory=dict)
@@ -284,7 +294,7 @@ class SweepConfig:
             raise ConfigError(errors)
         first = self.spaces[0]
         TrialConfig(self.victim, DefenseConfig(first.name, first.example()), self.attacks, self.service,
-                    self.workers, self.benign, self.cache_dir)
+                    self.workers, self.benign, self.cache_dir, self.ownership)
 
     # -- derived views
     @property
@@ -313,7 +323,7 @@ class SweepConfig:
         """The trial config every trial shares, as data; a trial adds its `defense`."""
         return {"victim": to_dict(self.victim), "attacks": [to_dict(a) for a in self.attacks],
                 "service": to_dict(self.service), "workers": to_dict(self.workers),
-                "benign": to_dict(self.benign), "cache_dir": self.cache_dir}
+                "benign": to_dict(self.benign), "cache_dir": self.cache_dir, "ownership": to_dict(self.ownership)}
 
     def optuna_points(self) -> list[dict]:
         """search.points_to_evaluate under the Optuna parameter names SearchSpace uses."""
@@ -327,7 +337,7 @@ class SweepConfig:
 
     # -- checks
     def _check_objectives(self) -> list[str]:
-        errors, known, seen = [], metric_names(self.attacks), []
+        errors, known, seen = [], metric_names(self.attacks, self.ownership), []
         if not self.objectives:
             errors.append("objectives: expected at least one objective")
         for i, o in enumerate(self.objectives):

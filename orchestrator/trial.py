@@ -87,6 +87,7 @@ def run_trial(cfg: TrialConfig) -> TrialResult:
     import torch
 
     from workloads import metrics as M
+    from workloads import ownership
     from workloads.attacks import VictimInfo, steal
     from workloads.data import surrogate_pool
     from workloads.training import predict_proba
@@ -122,6 +123,7 @@ def run_trial(cfg: TrialConfig) -> TrialResult:
             "defended_accuracy": M.accuracy(defended, data.y_test),
             "perturbation_l1": M.perturbation_l1(defended, clean),
         }
+        metrics |= ownership.victim_metrics(victim, cfg.ownership, cfg.cache_dir)
         info["benign_latency_ms_mean"] = float(np.mean(latencies)) if latencies else 0.0
 
         # the attacks, one after another, each through its own workers
@@ -142,11 +144,13 @@ def run_trial(cfg: TrialConfig) -> TrialResult:
             metrics[f"stolen_accuracy/{key}"] = M.accuracy(sub_probs, data.y_test)
             metrics[f"fidelity/{key}"] = M.fidelity(sub_probs, clean)
             metrics[f"queries/{key}"] = float(sum(ledger[cid]["images"] for cid in ids))
+            metrics |= ownership.suspect_metrics(victim, substitute, key, cfg.ownership, cfg.cache_dir)
 
         keys = [a.key for a in cfg.attacks]
         metrics["stolen_accuracy"] = max(metrics[f"stolen_accuracy/{k}"] for k in keys)
         metrics["fidelity"] = max(metrics[f"fidelity/{k}"] for k in keys)
         metrics["relative_accuracy"] = M.relative_accuracy(metrics["stolen_accuracy"], metrics["victim_accuracy"])
+        metrics |= ownership.summary(metrics)
         stats = ray.get(service.stats.remote())
         metrics["defense_latency_ms"] = stats["defense_ms_mean"]
         info["service_stats"] = stats
