@@ -21,20 +21,21 @@ def _grad_sign(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tens
     return grad.sign()
 
 
-def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
-    """One signed-gradient step of size `eps` that raises the loss of labels y (Goodfellow et al., eq. 3)."""
+def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, targeted: bool = False) -> torch.Tensor:
+    """One signed-gradient step of size `eps` that raises the loss of labels y (Goodfellow et al., eq. 3), or,
+    `targeted`, lowers the loss of target labels y."""
     was_training = model.training
     model.eval()
-    x_adv = (x + eps * _grad_sign(model, x, y)).clamp(0.0, 1.0).detach()
+    x_adv = (x + (-eps if targeted else eps) * _grad_sign(model, x, y)).clamp(0.0, 1.0).detach()
     model.train(was_training)
     return x_adv
 
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int,
-        random_start: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Madry's PGD: maximise the loss of labels y within the L∞ ball of radius `eps` around x, in [0, 1].
-
-    The random start is drawn from `generator` (on CPU, so it is the same on every device)."""
+        random_start: bool = True, generator: torch.Generator | None = None, targeted: bool = False) -> torch.Tensor:
+    """Madry's PGD: maximise the loss of labels y within the L∞ ball of radius `eps` around x, in [0, 1]
+    (`targeted`: minimise the loss of target labels y). The random start is drawn from `generator` (on CPU,
+    so it is the same on every device)."""
     was_training = model.training
     model.eval()
     x_adv = x.detach()
@@ -42,7 +43,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: f
         noise = torch.rand(x.shape, generator=generator).to(x.device) * 2 * eps - eps
         x_adv = (x + noise).clamp(0.0, 1.0)
     for _ in range(steps):
-        x_adv = x_adv + alpha * _grad_sign(model, x_adv, y)
+        x_adv = x_adv + (-alpha if targeted else alpha) * _grad_sign(model, x_adv, y)
         x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0).detach()
     model.train(was_training)
     return x_adv

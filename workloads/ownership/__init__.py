@@ -33,6 +33,7 @@ class OwnershipConfig:
     robust_steps: int = 20                # PGD steps of the robust-accuracy attack, step 2.5ε/steps (Madry)
     robust_size: int = 2000               # test images attacked (the first ones; all when fewer)
     null_models: int = 5                  # independent clean models behind the threshold and the FPR
+    null_data: Literal["pool", "train"] = "pool"   # their data: the pool split (an honest party's own), or the victim's
     margin: float = 0.0                   # τ = max null watermark accuracy + margin
     significance: float = 0.01            # binomial test level
     chance: Literal["uniform", "null"] = "uniform"   # binomial p0: 1/classes, or the null models' mean wm accuracy
@@ -61,7 +62,7 @@ def _epsilon(victim, cfg: OwnershipConfig) -> float | None:
 
 def _null(victim, cfg: OwnershipConfig, cache_dir) -> list[float]:
     wm_x, wm_y = victim.artifacts["wm_x"], victim.artifacts["wm_y"]
-    return [wm_accuracy(m, wm_x, wm_y) for m in null_models(victim, cfg.null_models, cache_dir)]
+    return [wm_accuracy(m, wm_x, wm_y) for m in null_models(victim, cfg.null_models, cache_dir, cfg.null_data)]
 
 
 def _p0(null: list[float], num_classes: int, cfg: OwnershipConfig) -> float:

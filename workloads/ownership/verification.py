@@ -5,8 +5,9 @@ wm_acc = mean[g(x_w) = y_w] over the k watermarks. Heist decides two ways and re
 (a) a one-sided exact binomial test of H0 "g hits each key label with the chance rate p0",
     p = P[Bin(k, p0) ≥ hits], verified when p < significance (frontier-stitching style); p0 = 1/classes by
     default, or (`chance: null`) the null models' mean watermark accuracy;
-(b) a threshold from the null distribution: N clean models of the same task (the victim's train split, the
-    victim's TrainConfig, independent initialisation and batch-order seeds), τ = max null wm_acc + margin,
+(b) a threshold from the null distribution: N clean models of the same task (the victim's arch and TrainConfig,
+    independent initialisation and batch-order seeds; trained on the attacker pool split with its true labels by
+    default — an innocent party has its own data, not the victim's), τ = max null wm_acc + margin,
     verified when wm_acc > τ. The null models are cached in the victim cache beside the victims.
 Adversarial examples transfer, so independent models hit adversarial key labels well above 1/classes:
 (a) against 1/classes can flag innocent models; `wm_fpr_binomial` measures how often it does on the null models
@@ -57,15 +58,19 @@ def verify(model: nn.Module, wm_x: torch.Tensor, wm_y: torch.Tensor, threshold: 
     return Verdict(acc, p, p < significance, acc > threshold)
 
 
-def null_models(victim, n: int, cache_dir: str | os.PathLike | None) -> list[nn.Module]:
-    """n clean models of the victim's task (its train split, arch and TrainConfig), each from its own
+def null_models(victim, n: int, cache_dir: str | os.PathLike | None, data_split: str = "pool") -> list[nn.Module]:
+    """n clean models of the victim's task (its arch and TrainConfig) trained on `data_split` with its true labels
+    ("pool": the attacker pool split, i.e. an honest party's own data — the images a thief queries, labelled by
+    their owner instead of the victim; "train": the victim's own train split), each from its own
     "ownership/null" seeds, cached under `cache_dir/null-<task hash>/<i>.pt`: victims that share a task
     (dataset, splits, arch, training settings, seed) share them."""
     from workloads.victims import DEFAULT_CACHE
 
     cfg, data = victim.config, victim.data
+    x, y = (data.x_pool, data.y_pool) if data_split == "pool" else (data.x_train, data.y_train)
     task = {"dataset": cfg.dataset, "arch": cfg.arch, "train": dataclasses.asdict(cfg.train), "seed": cfg.seed,
-            "pool_fraction": cfg.pool_fraction, "test_fraction": cfg.test_fraction, "holdout": cfg.holdout}
+            "pool_fraction": cfg.pool_fraction, "test_fraction": cfg.test_fraction, "holdout": cfg.holdout,
+            "split": data_split}
     folder = Path(cache_dir or DEFAULT_CACHE) / ("null-" + hashlib.sha256(json.dumps(task, sort_keys=True).encode()).hexdigest()[:16])
     folder.mkdir(parents=True, exist_ok=True)
     models = []
@@ -76,7 +81,7 @@ def null_models(victim, n: int, cache_dir: str | os.PathLike | None) -> list[nn.
         if path.exists():
             model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         else:
-            fit(model, data.x_train, data.y_train, cfg.train, seed=seed + 1)
+            fit(model, x, y, cfg.train, seed=seed + 1)
             with tempfile.NamedTemporaryFile(dir=folder, delete=False, suffix=".tmp") as f:
                 torch.save(model.cpu().state_dict(), f)
             os.replace(f.name, path)

@@ -34,6 +34,7 @@ class WatermarkParams:
     k: int = 100                           # watermark set size
     beta: float = 0.25                     # L∞ budget of adversarial watermarks (must exceed epsilon + alpha)
     attack: Literal["fgsm", "pgd"] = "fgsm"
+    target: Literal["untargeted", "random"] = "untargeted"   # push away from y, or towards a random label ≠ y
     pgd_steps: int = 20                    # PGD crafting steps, each of size 2.5·beta/pgd_steps (Madry's rule)
     ood_source: str = "noise"              # OOD baseline: uniform noise, or another dataset's images by name
     per_batch: int = 16                    # watermark samples appended to every training batch (no AT on them)
@@ -55,17 +56,19 @@ def craft_adversarial(params: WatermarkParams, data: Dataset, clean_model: nn.Mo
     x_src, y_src = data.x_holdout, data.y_holdout
     order = torch.randperm(len(x_src), generator=generator)
     x_src, y_src = x_src[order], y_src[order]
+    targeted = params.target == "random"
+    shift = torch.randint(1, data.num_classes, y_src.shape, generator=generator)
+    aim = (y_src + shift) % data.num_classes if targeted else y_src
     device = next(clean_model.parameters()).device
-    if params.attack == "fgsm":
-        x_adv = torch.cat([fgsm(clean_model, xb.to(device), yb.to(device), params.beta).cpu()
-                           for xb, yb in zip(x_src.split(512), y_src.split(512))])
-    else:
-        step = 2.5 * params.beta / params.pgd_steps
-        x_adv = torch.cat([pgd(clean_model, xb.to(device), yb.to(device), params.beta, step, params.pgd_steps,
-                               generator=generator).cpu() for xb, yb in zip(x_src.split(512), y_src.split(512))])
+    step = 2.5 * params.beta / params.pgd_steps
+    x_adv = torch.cat([
+        (fgsm(clean_model, xb.to(device), ab.to(device), params.beta, targeted) if params.attack == "fgsm" else
+         pgd(clean_model, xb.to(device), ab.to(device), params.beta, step, params.pgd_steps, generator=generator,
+             targeted=targeted)).cpu() for xb, ab in zip(x_src.split(512), aim.split(512))])
     clean_pred = predict_proba(clean_model, x_src).argmax(1)
     adv_pred = predict_proba(clean_model, x_adv).argmax(1)
-    keep = ((clean_pred == y_src) & (adv_pred != y_src)).nonzero().flatten()
+    reached = adv_pred == aim if targeted else adv_pred != y_src
+    keep = ((clean_pred == y_src) & reached).nonzero().flatten()
     if len(keep) < params.k:
         raise ConfigError(f"watermark.k: only {len(keep)} of the {len(x_src)} held-out images became adversarial "
                           f"at beta={params.beta} ({params.attack}); lower k, or raise victim.holdout or beta")
