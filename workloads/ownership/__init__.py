@@ -34,7 +34,7 @@ class OwnershipConfig:
     robust_size: int = 2000               # test images attacked (the first ones; all when fewer)
     null_models: int = 5                  # independent clean models behind the threshold and the FPR
     null_data: Literal["pool", "train"] = "pool"   # their data: the pool split (an honest party's own), or the victim's
-    margin: float = 0.0                   # τ = max null watermark accuracy + margin
+    margin: float = 0.05                  # τ = max null watermark accuracy + margin
     significance: float = 0.01            # binomial test level
     chance: Literal["uniform", "null"] = "uniform"   # binomial p0: 1/classes, or the null models' mean wm accuracy
     finetune: FinetuneConfig | None = FinetuneConfig()    # removal by fine-tuning; null: skip

@@ -3,7 +3,7 @@ import pytest
 
 WATERMARKED = {"holdout": 300, "hardening": {"name": "adversarial_training", "params": {
     "epsilon": 0.1, "alpha": 0.02, "steps": 5,
-    "watermark": {"kind": "adversarial", "k": 50, "beta": 0.25, "attack": "pgd", "per_batch": 64}}}}
+    "watermark": {"kind": "adversarial", "k": 100, "beta": 0.25, "attack": "pgd", "per_batch": 64}}}}
 
 
 @pytest.fixture(scope="session")

@@ -44,7 +44,8 @@ def test_independent_clean_model_is_not_flagged_and_a_knockoff_copy_is(wm_victim
     data = wm_victim.data
     assert own["wm_accuracy_victim"] > own["wm_threshold"] and own["wm_pvalue_victim"] < 1e-10
 
-    independent = fit(build_model("lenet5", data.shape, 10, seed=12345), data.x_train, data.y_train,
+    # an innocent party's model: the same task and architecture, its own data (the pool split, true labels)
+    independent = fit(build_model("lenet5", data.shape, 10, seed=12345), data.x_pool, data.y_pool,
                       wm_victim.config.train, seed=54321)
     innocent = suspect_metrics(wm_victim, independent, "independent", cfg, victim_cache)
     assert innocent["wm_verified/independent"] == 0.0

@@ -33,7 +33,7 @@ def test_zero_holdout_keeps_the_splits_and_cache_keys_from_before_it_existed():
 def test_watermarks_lie_within_beta_of_held_out_sources_and_carry_adversarial_labels(wm_victim):
     a, data = wm_victim.artifacts, wm_victim.data
     beta = wm_victim.config.hardening.resolved()["params"]["watermark"]["beta"]
-    assert len(a["wm_x"]) == 50
+    assert len(a["wm_x"]) == 100
     assert (a["wm_x"] - a["wm_source"]).abs().max() <= beta + 1e-6
     assert _rows_in(a["wm_source"], data.x_holdout).all()
     assert not any(_rows_in(a["wm_source"], s).any() for s in (data.x_train, data.x_pool, data.x_test))
