@@ -61,9 +61,11 @@ class TrialConfig:
     workers: WorkerResources = WorkerResources()
     benign: BenignConfig = BenignConfig()
     cache_dir: str | None = None   # victim cache; None = ~/.cache/heist/victims
+    repeats: int = 1               # each attack runs this many times (seeds seed, seed+1, ...); metrics are means ± sd
     ownership: OwnershipConfig = OwnershipConfig()   # robust accuracy and watermark verification settings
 
     def __post_init__(self):
+        positive("repeats", self.repeats)
         if not self.attacks:
             raise ConfigError("attacks: expected at least one attack")
         limit = self.service.max_request

@@ -25,8 +25,10 @@ additions plug in without rewrites:
   validates and charges through the same `_admit` / `_charge` path and the same records.
 
 Timing: for every served (forward) batch the service measures the clean cost (forward + softmax) and
-the defended cost (+ defense), so `defense_latency_ms` (the added serving latency per query batch) is
-the mean of their difference over served batches (`stats()["defense_ms_mean"]`).
+the defended cost (+ defense), so the added serving latency per image (`defense_latency_us`) is the
+total defense time over the images served (`stats()["defense_us_per_image"]`), whatever the batching.
+The perturbation ‖defended − clean‖₁ of every answered image is summed per client (`l1` in the ledger),
+so how much a defense moves the attacker's own queries is measured, not only the test set's.
 """
 from __future__ import annotations
 
@@ -65,11 +67,12 @@ class ClientRecord:
     refused: int = 0             # requests refused because of the budget
     rejected: int = 0            # requests rejected by input validation
     seq: int = 0                 # number of the next accepted request
+    l1: float = 0.0              # Σ over answered images of ‖defended − clean‖₁ (the defense's perturbation)
     state: dict = dataclasses.field(default_factory=dict)  # for gates/defenses: PoW tickets, leakage, ...
 
     def summary(self) -> dict:
         return {k: getattr(self, k) for k in
-                ("client_id", "kind", "budget", "images", "batches", "seconds", "refused", "rejected")}
+                ("client_id", "kind", "budget", "images", "batches", "seconds", "refused", "rejected", "l1")}
 
 
 @dataclasses.dataclass
@@ -189,6 +192,7 @@ class _Service:
                 "max_batch_images": int(b[:, 0].max()) if n else 0,
                 "forward_ms_mean": float(b[:, 1].mean()) if n else 0.0,
                 "defense_ms_mean": float(b[:, 2].mean()) if n else 0.0,
+                "defense_us_per_image": float(b[:, 2].sum() * 1e3 / b[:, 0].sum()) if n else 0.0,
                 "device": str(self.device), "threads": self.num_threads}
 
     # ---------------------------------------------------------------- the query path
@@ -198,11 +202,11 @@ class _Service:
         x = self._validate(rec, x)
         request = self._admit(rec, x)
         try:
-            answer, t_start, t_end, served, batch_id = await request.future
+            answer, l1, t_start, t_end, served, batch_id = await request.future
         except BaseException:
             rec.reserved -= len(x)
             raise
-        self._charge(rec, request, t_start, t_end, served, batch_id)
+        self._charge(rec, request, l1, t_start, t_end, served, batch_id)
         return await self.gate.release(rec, request, answer)
 
     def _client(self, client_id: str) -> ClientRecord:
@@ -249,14 +253,15 @@ class _Service:
         self._queue.put_nowait(request)
         return request
 
-    def _charge(self, rec: ClientRecord, req: Request, t_start: float, t_end: float, served: int,
+    def _charge(self, rec: ClientRecord, req: Request, l1: float, t_start: float, t_end: float, served: int,
                 batch_id: int) -> None:
         n = len(req.x)
         rec.reserved -= n
         rec.images += n
         rec.batches += 1
         rec.seconds += t_end - req.t_submit
-        self._log.append({"client": rec.client_id, "kind": rec.kind, "seq": req.seq, "images": n,
+        rec.l1 += l1
+        self._log.append({"client": rec.client_id, "kind": rec.kind, "seq": req.seq, "images": n, "l1": l1,
                           "queue_ms": (t_start - req.t_submit) * 1e3, "compute_ms": (t_end - t_start) * 1e3,
                           "served_batch_images": served, "batch": batch_id,
                           "t": req.t_submit - self._t0, "ts": self._wall0 + (req.t_submit - self._t0)})
@@ -300,7 +305,7 @@ class _Service:
         x = np.concatenate([r.x for r in batch])               # a fresh, writable, contiguous buffer
         t_start = time.perf_counter()
         try:
-            probs, fwd_ms, def_ms = await asyncio.get_running_loop().run_in_executor(self._pool, self._compute, x)
+            probs, l1, fwd_ms, def_ms = await asyncio.get_running_loop().run_in_executor(self._pool, self._compute, x)
         except Exception as e:  # a model/defense failure fails this batch's requests, not the service
             for r in batch:
                 if not r.future.done():
@@ -313,11 +318,12 @@ class _Service:
         for r in batch:
             hi = lo + len(r.x)
             if not r.future.done():
-                r.future.set_result((probs[lo:hi], t_start, t_end, len(x), batch_id))
+                r.future.set_result((probs[lo:hi], float(l1[lo:hi].sum()), t_start, t_end, len(x), batch_id))
             lo = hi
 
-    def _compute(self, x: np.ndarray) -> tuple[np.ndarray, float, float]:
-        """One forward + softmax (clean) and the defense (defended), timed separately. Runs in the compute thread."""
+    def _compute(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """One forward + softmax (clean) and the defense (defended), timed separately; the defended answers
+        and each row's ‖defended − clean‖₁. Runs in the compute thread."""
         torch = self._torch
         cuda = self.device.type == "cuda"
         with torch.inference_mode():
@@ -333,8 +339,9 @@ class _Service:
             if cuda:
                 torch.cuda.synchronize(self.device)
             t2 = time.perf_counter()
+            l1 = (out.double() - probs.double()).abs().sum(1).cpu().numpy()
             answer = out.float().cpu().numpy()
-        return answer, (t1 - t0) * 1e3, (t2 - t1) * 1e3
+        return answer, l1, (t1 - t0) * 1e3, (t2 - t1) * 1e3
 
 
 @ray.remote

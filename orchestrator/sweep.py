@@ -24,7 +24,7 @@ from ray import tune
 from ray.tune.result import AUTO_RESULT_KEYS, DEBUG_METRICS
 
 from orchestrator import ledger
-from orchestrator.cli import UserError
+from orchestrator.errors import UserError
 from orchestrator.config import trial_config
 from orchestrator.sweep_config import DEFAULT_STORAGE, SearchSpace, SweepConfig, as_data, bundles, from_dict, plan
 from orchestrator.tracking import Tracker, check_reachable, print_frontier
@@ -44,6 +44,9 @@ def defense_trial(config: dict, base: dict, ledgers: str, sweep_id: str) -> None
     result = run_trial(trial_config({**base, "defense": config["defense"]}))
     trial_id = tune.get_context().get_trial_id()
     ledger.write(result.ledger, Path(ledgers) / f"{trial_id}.parquet", sweep_id=sweep_id, trial_id=trial_id)
+    for name, rows in (("runs", result.runs), ("curves", result.curves)):
+        if rows:
+            ledger.write(rows, Path(ledgers).parent / name / f"{trial_id}.parquet", sweep_id=sweep_id, trial_id=trial_id)
     tune.report(result.metrics)
 
 
@@ -63,8 +66,8 @@ class TrackingCallback(tune.Callback):
         metrics = {k: v for k, v in (trial.last_result or {}).items()
                    if k not in TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
         defense = trial.config["defense"]
-        ledger_path = self.sweep_dir / "ledgers" / f"{trial.trial_id}.parquet"
-        self.tracker.log_trial(trial.trial_id, defense, metrics, ledger_path, failed=failed,
+        files = {name: self.sweep_dir / name / f"{trial.trial_id}.parquet" for name in ("ledgers", "runs", "curves")}
+        self.tracker.log_trial(trial.trial_id, defense, metrics, files, failed=failed,
                                label_keys=self.label_keys[defense["name"]])
 
     def on_trial_complete(self, iteration, trials, trial, **info):

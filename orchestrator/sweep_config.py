@@ -31,35 +31,37 @@ from orchestrator.config import BenignConfig, ServiceConfig, TrialConfig, Worker
 from workloads.attacks import AttackConfig
 from workloads.config import ConfigError, check_choice, did_you_mean, parse, positive, to_dict
 from workloads.defenses import REGISTRY, DefenseConfig, ensure_loaded, param_fields
-from workloads.ownership import OwnershipConfig
+from workloads.ownership import OwnershipConfig, metric_names as ownership_metrics
 from workloads.victims import DEFAULT_CACHE, VictimConfig
 
 DEFAULT_STORAGE = "heist_runs"          # under the working directory unless HEIST_STORAGE or `storage:` say otherwise
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
-# DESIGN.md's metric names: sweep-level ones, and those reported per attack as `<name>/<attack key>`.
-METRICS = ("victim_accuracy", "defended_accuracy", "perturbation_l1", "defense_latency_ms", "stolen_accuracy",
-           "fidelity", "relative_accuracy", "pow_benign_overhead", "pow_attacker_overhead", "privacy_cost_benign",
-           "privacy_cost_attacker", "wm_accuracy_victim", "robust_accuracy", "wm_pvalue_victim", "wm_accuracy_null",
-           "wm_threshold", "wm_fpr", "wm_fpr_binomial", "wm_verification_rate")
-PER_ATTACK_METRICS = ("stolen_accuracy", "fidelity", "queries", "wm_accuracy", "wm_pvalue", "wm_verified",
-                      "wm_verified_binomial")
-# Per watermark-removal attack on a leaked victim copy (`finetune`, `prune_<rate>`; workloads.ownership).
-PER_REMOVAL_METRICS = ("wm_accuracy", "wm_pvalue", "wm_verified", "wm_verified_binomial", "removal_accuracy")
+# docs/DESIGN.md's metric names: those every trial reports, and those reported per attack as `<name>/<attack key>`.
+METRICS = ("victim_accuracy", "defended_accuracy", "perturbation_l1", "perturbation_l1_attacker",
+           "defense_latency_us", "stolen_accuracy", "fidelity", "agreement", "relative_accuracy")
+PER_ATTACK_METRICS = ("stolen_accuracy", "fidelity", "agreement", "perturbation_l1", "queries")
+# With repeats > 1 these come with their sample standard deviation as `<name>_std` and `<name>_std/<attack key>`.
+SPREAD_METRICS = ("stolen_accuracy", "fidelity", "agreement", "relative_accuracy")
 # The worst value a metric can take, per mode: the default reference point for the hypervolume.
 BOUNDS = {"victim_accuracy": (0.0, 1.0), "defended_accuracy": (0.0, 1.0), "stolen_accuracy": (0.0, 1.0),
-          "fidelity": (0.0, 1.0), "relative_accuracy": (0.0, 1.0), "robust_accuracy": (0.0, 1.0),
-          "wm_accuracy_victim": (0.0, 1.0), "perturbation_l1": (0.0, 2.0), "wm_accuracy": (0.0, 1.0),
+          "fidelity": (0.0, 1.0), "agreement": (0.0, 1.0), "relative_accuracy": (0.0, 1.0),
+          "robust_accuracy": (0.0, 1.0), "wm_accuracy_victim": (0.0, 1.0), "perturbation_l1": (0.0, 2.0),
+          "perturbation_l1_attacker": (0.0, 2.0), "wm_accuracy": (0.0, 1.0), "wm_pvalue": (0.0, 1.0),
           "wm_verified": (0.0, 1.0), "wm_verification_rate": (0.0, 1.0), "wm_fpr": (0.0, 1.0),
-          "wm_fpr_binomial": (0.0, 1.0), "removal_accuracy": (0.0, 1.0), "wm_pvalue": (0.0, 1.0)}
+          "wm_fpr_binomial": (0.0, 1.0), "removal_accuracy": (0.0, 1.0)}
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 
 
-def metric_names(attacks, ownership: OwnershipConfig = OwnershipConfig()) -> list[str]:
-    """Every metric a trial of these attacks (and these watermark-removal attacks) can report."""
-    removals = [f"prune_{r:g}" for r in ownership.prune_rates] + (["finetune"] if ownership.finetune else [])
-    return (list(METRICS) + [f"{m}/{a.key}" for a in attacks for m in PER_ATTACK_METRICS]
-            + [f"{m}/{r}" for r in removals for m in PER_REMOVAL_METRICS])
+def metric_names(attacks, repeats: int = 1, extra=()) -> list[str]:
+    """Every metric a trial of these attacks reports (what objectives may name); `extra` adds the metrics of
+    optional parts the trial has (e.g. a hardening recipe's)."""
+    names = list(METRICS) + list(extra)
+    per_attack = [f"{m}/{a.key}" for a in attacks for m in PER_ATTACK_METRICS]
+    if repeats > 1:
+        names += [f"{m}_std" for m in SPREAD_METRICS]
+        per_attack += [f"{m}_std/{a.key}" for a in attacks for m in PER_ATTACK_METRICS[:-1]]
+    return names + per_attack
 
 
 # ------------------------------------------------------------------------------------ search space
@@ -267,6 +269,7 @@ class SweepConfig:
     benign: BenignConfig = BenignConfig()
     trial_resources: WorkerResources = WorkerResources(num_cpus=0.5)   # the trial process: substitute training
     cache_dir: str | None = None                           # victim cache; default ~/.cache/heist/victims
+    repeats: int = 1                                       # attack runs per trial (independent seeds): mean ± sd
     ownership: OwnershipConfig = OwnershipConfig()         # robust accuracy, watermark verification and removal
     objectives: list[Objective] = dataclasses.field(default_factory=lambda: [
         Objective("defended_accuracy", "max"), Objective("stolen_accuracy", "min")])
@@ -294,7 +297,7 @@ class SweepConfig:
             raise ConfigError(errors)
         first = self.spaces[0]
         TrialConfig(self.victim, DefenseConfig(first.name, first.example()), self.attacks, self.service,
-                    self.workers, self.benign, self.cache_dir, self.ownership)
+                    self.workers, self.benign, self.cache_dir, self.repeats, self.ownership)
 
     # -- derived views
     @property
@@ -323,7 +326,8 @@ class SweepConfig:
         """The trial config every trial shares, as data; a trial adds its `defense`."""
         return {"victim": to_dict(self.victim), "attacks": [to_dict(a) for a in self.attacks],
                 "service": to_dict(self.service), "workers": to_dict(self.workers),
-                "benign": to_dict(self.benign), "cache_dir": self.cache_dir, "ownership": to_dict(self.ownership)}
+                "benign": to_dict(self.benign), "cache_dir": self.cache_dir, "repeats": self.repeats,
+                "ownership": to_dict(self.ownership)}
 
     def optuna_points(self) -> list[dict]:
         """search.points_to_evaluate under the Optuna parameter names SearchSpace uses."""
@@ -337,7 +341,8 @@ class SweepConfig:
 
     # -- checks
     def _check_objectives(self) -> list[str]:
-        errors, known, seen = [], metric_names(self.attacks, self.ownership), []
+        extra = ownership_metrics(self.victim.hardening, [a.key for a in self.attacks], self.repeats, self.ownership)
+        errors, known, seen = [], metric_names(self.attacks, self.repeats, extra), []
         if not self.objectives:
             errors.append("objectives: expected at least one objective")
         for i, o in enumerate(self.objectives):
@@ -489,8 +494,8 @@ def bundles(cfg: SweepConfig) -> list[dict[str, float]]:
     """One trial's placement-group bundles: the trial process, its VictimService, its attacker workers."""
     from orchestrator.trial import trial_bundles
 
-    return trial_bundles(TrialConfig(attacks=cfg.attacks, service=cfg.service, workers=cfg.workers),
-                         driver=cfg.trial_resources)
+    trial = TrialConfig(victim=cfg.victim, attacks=cfg.attacks, service=cfg.service, workers=cfg.workers)
+    return trial_bundles(trial, driver=cfg.trial_resources)
 
 
 def cluster_resources() -> dict[str, float]:

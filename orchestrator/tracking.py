@@ -20,13 +20,14 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from orchestrator import pareto
-from orchestrator.cli import UserError
+from orchestrator import curves, pareto
+from orchestrator.errors import UserError
 from orchestrator.sweep_config import SweepConfig, dump, from_dict
 
 TRIAL_TAG = "heist.trial_id"
 PARENT_TAG = "mlflow.parentRunId"
 KIND_TAG = "heist.kind"          # "sweep" on parent runs, "trial" on child runs
+ARTIFACT_DIRS = {"ledgers": "ledger", "runs": "runs", "curves": "curves"}   # a trial's Parquet files on its run
 
 
 def _client(uri: str):
@@ -141,9 +142,13 @@ class Tracker:
         """The child runs of logged trials, oldest first."""
         return [r for r in self._children() if TRIAL_TAG in r.data.tags]
 
-    def log_trial(self, trial_id: str, defense: dict, metrics: dict[str, float], ledger: Path | None,
+    def log_trial(self, trial_id: str, defense: dict, metrics: dict[str, float], files: dict[str, Path] | None = None,
                   failed: bool = False, label_keys=()) -> str | None:
-        """Log one finished trial as a child run; returns its run id, or None if it was logged before."""
+        """Log one finished trial as a child run; returns its run id, or None if it was logged before.
+
+        `files` are the trial's Parquet files by kind: `ledgers` (the query ledger), `runs` (one row per attack
+        run) and `curves` (budget checkpoints: logged as metric steps `curve/<metric>/<attack>`, step =
+        queries, and drawn as curves.png)."""
         from mlflow.entities import Metric, Param, RunTag
 
         if self._children(f" and tags.`{TRIAL_TAG}` = '{trial_id}'"):
@@ -153,12 +158,19 @@ class Tracker:
         run = client.create_run(self.experiment_id, run_name=name, tags={
             PARENT_TAG: self.parent_run_id, KIND_TAG: "trial", "heist.sweep_id": self.sweep_id})
         now = int(time.time() * 1000)
+        files = {k: f for k, f in (files or {}).items() if f is not None and Path(f).exists()}
         params = [Param("defense", defense["name"])] + [Param(k, str(v)) for k, v in defense["params"].items()]
+        steps = _curve_metrics(files["curves"], now) if "curves" in files else []
         # the trial tag comes in the same batch as the metrics: a run with the tag is a complete record
-        client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+        client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()] + steps,
                          params=params, tags=[RunTag(TRIAL_TAG, trial_id)])
-        if ledger is not None and ledger.exists():
-            client.log_artifact(run.info.run_id, str(ledger), "ledger")
+        for kind, path in files.items():
+            client.log_artifact(run.info.run_id, str(path), ARTIFACT_DIRS.get(kind, kind))
+        if "curves" in files:
+            with tempfile.TemporaryDirectory() as tmp:
+                curves.plot(curves.summarize(pd.read_parquet(files["curves"]).to_dict("records")),
+                            Path(tmp) / "curves.png")
+                client.log_artifact(run.info.run_id, str(Path(tmp) / "curves.png"))
         client.set_terminated(run.info.run_id, "FAILED" if failed else "FINISHED")
         return run.info.run_id
 
@@ -199,6 +211,15 @@ class Tracker:
         with tempfile.TemporaryDirectory() as tmp:
             path = _client(self.uri).download_artifacts(self.parent_run_id, "sweep.yaml", tmp)
             return from_dict(yaml.safe_load(Path(path).read_text()))
+
+
+def _curve_metrics(path: Path, timestamp: int) -> list:
+    """Budget-curve points (mean over repeats) as MLflow metric steps: `curve/<metric>/<attack>`, step = queries."""
+    from mlflow.entities import Metric
+
+    summary = curves.summarize(pd.read_parquet(path).to_dict("records"))
+    return [Metric(f"curve/{m}/{row['attack']}", float(row[m]), timestamp, int(row["checkpoint"]))
+            for row in summary.to_dict("records") for m in curves.CURVE_METRICS]
 
 
 def _number(text: str):

@@ -21,22 +21,31 @@ from orchestrator.attackers import BenignClient, RayQueryClient, spawn_attackers
 from orchestrator.config import TrialConfig, WorkerResources, trial_config
 from orchestrator.service import VictimSpec, service_actor
 
-METRIC_ORDER = ("victim_accuracy", "defended_accuracy", "perturbation_l1", "defense_latency_ms",
-                "stolen_accuracy", "fidelity", "relative_accuracy")
+METRIC_ORDER = ("victim_accuracy", "defended_accuracy", "perturbation_l1", "perturbation_l1_attacker",
+                "defense_latency_us", "stolen_accuracy", "stolen_accuracy_std", "fidelity", "fidelity_std",
+                "agreement", "relative_accuracy", "relative_accuracy_std")
+# Measured per attack run and aggregated over repeats as `<name>/<attack>` (mean) and `<name>_std/<attack>`.
+RUN_METRICS = ("stolen_accuracy", "fidelity", "agreement")
 
 
 @dataclasses.dataclass
 class TrialResult:
-    """A trial's metrics (names as in DESIGN.md) and its per-request query ledger.
+    """A trial's metrics (names as in docs/DESIGN.md), its per-request query ledger, one row per attack run and the
+    budget curves.
 
-    Each ledger row is one answered request: client, kind, seq, images, queue_ms, compute_ms,
-    served_batch_images, batch, t (from the service), plus `attack` (the attack key, or "benign") and
-    `client_kind` ("attacker" / "benign").
+    Each ledger row is one answered request: client, kind, seq, images, l1, queue_ms, compute_ms,
+    served_batch_images, batch, t, ts (from the service), plus `attack` (the attack key, or "benign"),
+    `repeat` and `client_kind` ("attacker" / "benign"). `runs` has one row per (attack, repeat): seed,
+    queries, stolen_accuracy, fidelity, agreement, perturbation_l1 (on that run's queries). `curves` has
+    one row per budget checkpoint of an attack run: attack, repeat, checkpoint, queries, stolen_accuracy,
+    fidelity.
     """
 
     metrics: dict[str, float]
     ledger: list[dict]
     info: dict = dataclasses.field(default_factory=dict)
+    runs: list[dict] = dataclasses.field(default_factory=list)
+    curves: list[dict] = dataclasses.field(default_factory=list)
 
 
 def trial_bundles(cfg: TrialConfig, driver: WorkerResources = WorkerResources(num_cpus=1.0)) -> list[dict[str, float]]:
@@ -82,8 +91,78 @@ def _kill(actors: list) -> None:
     actors.clear()
 
 
+class _Evaluation:
+    """Scores substitutes on the victim's test set: against the labels, the clean victim and its defended answers."""
+
+    def __init__(self, x_test, y_test, clean, defended):
+        self.x_test, self.y_test, self.clean, self.defended = x_test, y_test, clean, defended
+
+    def __call__(self, substitute) -> dict[str, float]:
+        from workloads import metrics as M
+        from workloads.training import predict_proba
+
+        training = substitute.training
+        probs = predict_proba(substitute, self.x_test)
+        substitute.train(training)          # an online attack goes on training after a checkpoint
+        return {"stolen_accuracy": M.accuracy(probs, self.y_test),
+                "fidelity": M.fidelity(probs, self.clean),          # vs the clean victim
+                "agreement": M.fidelity(probs, self.defended)}      # vs the defended answers (DCP's "agreement")
+
+
+def _curve_recorder(checkpoints: list[int], evaluate: _Evaluation, rows: list[dict], key: str, repeat: int):
+    """The `checkpoint(queries, substitute)` callback of one attack run: evaluates the substitute the first time
+    the queries reach each configured checkpoint (a no-op in between, so attacks may call it often)."""
+    pending = list(checkpoints)
+
+    def checkpoint(queries: int, substitute) -> None:
+        reached = [c for c in pending if queries >= c]
+        if not reached:
+            return
+        scores = evaluate(substitute)
+        for c in reached:
+            pending.remove(c)
+            rows.append({"attack": key, "repeat": repeat, "checkpoint": c, "queries": int(queries),
+                         "stolen_accuracy": scores["stolen_accuracy"], "fidelity": scores["fidelity"]})
+
+    return checkpoint
+
+
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for a single value)."""
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.mean()), (float(v.std(ddof=1)) if len(v) > 1 else None)
+
+
+def aggregate(runs: list[dict], keys: list[str], victim_accuracy: float) -> dict[str, float]:
+    """Per-attack means (and sample sds over repeats) of every run metric; the trial's figures are those of the
+    strongest attack (highest mean), with its sd beside them."""
+    from workloads import metrics as M
+
+    out: dict[str, float] = {}
+    for key in keys:
+        mine = [r for r in runs if r["attack"] == key]
+        for name in [k for k in mine[0] if k not in ("attack", "repeat", "seed")]:   # + the ownership ones
+            mean, std = _mean_std([r[name] for r in mine])
+            out[f"{name}/{key}"] = mean
+            if std is not None and name != "queries":
+                out[f"{name}_std/{key}"] = std
+    for name in RUN_METRICS:
+        best = max(keys, key=lambda k: out[f"{name}/{k}"])
+        out[name] = out[f"{name}/{best}"]
+        if f"{name}_std/{best}" in out:
+            out[f"{name}_std"] = out[f"{name}_std/{best}"]
+    out["relative_accuracy"] = M.relative_accuracy(out["stolen_accuracy"], victim_accuracy)
+    if "stolen_accuracy_std" in out:
+        out["relative_accuracy_std"] = M.relative_accuracy(out["stolen_accuracy_std"], victim_accuracy)
+    return out
+
+
 def run_trial(cfg: TrialConfig) -> TrialResult:
-    """Run one trial end to end and return its metrics and query ledger."""
+    """Run one trial end to end and return its metrics, query ledger, attack runs and budget curves.
+
+    Each attack runs `cfg.repeats` times against the same service; repeat r uses attack seed `seed + r`,
+    from which every random stream of that run (query sampling, substitute init and batch order) derives.
+    """
     import torch
 
     from workloads import metrics as M
@@ -100,17 +179,19 @@ def run_trial(cfg: TrialConfig) -> TrialResult:
     victim = load_or_train(cfg.victim, cfg.cache_dir)
     data = victim.data
     owned: list = []           # every actor this trial created, killed in `finally`
+    runs: list[dict] = []
+    curves: list[dict] = []
     try:
         spec = VictimSpec(cfg.victim.arch, data.shape, data.num_classes, config=cfg.victim, seed=cfg.victim.seed)
         service = service_actor(spec, ray.put(victim.model.state_dict()), cfg.defense, cfg.service)
         owned.append(service)
-        info = {"service": ray.get(service.ready.remote())}
+        info = {"service": ray.get(service.ready.remote()), "victim_training": victim.training}
         kinds = {}
 
         # utility: the benign client streams the test set through the defended API
         x_test = data.x_test.numpy()
         ray.get(service.register.remote("benign", len(x_test), "benign"))
-        kinds["benign"] = ("benign", "benign")
+        kinds["benign"] = ("benign", "benign", 0)
         benign = BenignClient.options(num_cpus=cfg.workers.num_cpus, num_gpus=cfg.workers.num_gpus).remote(
             service, "benign", cfg.benign.batch)
         owned.append(benign)
@@ -123,45 +204,51 @@ def run_trial(cfg: TrialConfig) -> TrialResult:
             "defended_accuracy": M.accuracy(defended, data.y_test),
             "perturbation_l1": M.perturbation_l1(defended, clean),
         }
+        metrics.update({f"victim_training/{k}": float(v) for k, v in victim.training.items()})
         metrics |= ownership.victim_metrics(victim, cfg.ownership, cfg.cache_dir)
         info["benign_latency_ms_mean"] = float(np.mean(latencies)) if latencies else 0.0
+        evaluate = _Evaluation(data.x_test, data.y_test, clean, defended)
 
-        # the attacks, one after another, each through its own workers
+        # the attacks, one after another, each repeat through its own workers
         vinfo = VictimInfo(data.shape, data.num_classes, cfg.victim.arch)
         for attack in cfg.attacks:
             key = attack.key
-            pool = surrogate_pool(attack.surrogate.kind, data, name=attack.surrogate.name,
-                                  size=attack.surrogate.size, seed=attack.seed, data_root=cfg.victim.data_root)
-            workers, ids, budgets = spawn_attackers(
-                service, key, attack.workers, attack.budget, query_batch=attack.query_batch,
-                num_cpus=cfg.workers.num_cpus, num_gpus=cfg.workers.num_gpus)
-            owned.extend(workers)
-            kinds.update({cid: ("attacker", key) for cid in ids})
-            substitute = steal(attack, RayQueryClient(workers, budgets), pool, vinfo)
-            _kill([owned.pop() for _ in workers])
-            sub_probs = predict_proba(substitute, data.x_test)
-            ledger = ray.get(service.ledger.remote())
-            metrics[f"stolen_accuracy/{key}"] = M.accuracy(sub_probs, data.y_test)
-            metrics[f"fidelity/{key}"] = M.fidelity(sub_probs, clean)
-            metrics[f"queries/{key}"] = float(sum(ledger[cid]["images"] for cid in ids))
-            metrics |= ownership.suspect_metrics(victim, substitute, key, cfg.ownership, cfg.cache_dir)
+            for repeat in range(cfg.repeats):
+                run = dataclasses.replace(attack, seed=attack.seed + repeat)
+                pool = surrogate_pool(run.surrogate.kind, data, name=run.surrogate.name, size=run.surrogate.size,
+                                      seed=run.seed, data_root=cfg.victim.data_root)
+                workers, ids, budgets = spawn_attackers(
+                    service, f"{key}/r{repeat}", run.workers, run.budget, query_batch=run.query_batch,
+                    num_cpus=cfg.workers.num_cpus, num_gpus=cfg.workers.num_gpus)
+                owned.extend(workers)
+                kinds.update({cid: ("attacker", key, repeat) for cid in ids})
+                checkpoint = _curve_recorder(run.checkpoints, evaluate, curves, key, repeat) if run.checkpoints else None
+                substitute = steal(run, RayQueryClient(workers, budgets), pool, vinfo, checkpoint)
+                _kill([owned.pop() for _ in workers])
+                ledger = ray.get(service.ledger.remote())
+                images = sum(ledger[cid]["images"] for cid in ids)
+                runs.append({"attack": key, "repeat": repeat, "seed": run.seed, "queries": float(images),
+                             "perturbation_l1": sum(ledger[cid]["l1"] for cid in ids) / max(images, 1),
+                             **evaluate(substitute),
+                             **ownership.suspect_metrics(victim, substitute, cfg.ownership, cfg.cache_dir)})
 
-        keys = [a.key for a in cfg.attacks]
-        metrics["stolen_accuracy"] = max(metrics[f"stolen_accuracy/{k}"] for k in keys)
-        metrics["fidelity"] = max(metrics[f"fidelity/{k}"] for k in keys)
-        metrics["relative_accuracy"] = M.relative_accuracy(metrics["stolen_accuracy"], metrics["victim_accuracy"])
+        metrics.update(aggregate(runs, [a.key for a in cfg.attacks], metrics["victim_accuracy"]))
         metrics |= ownership.summary(metrics)
+        ledger = ray.get(service.ledger.remote())
+        attacker = [c for c, (kind, _, _) in kinds.items() if kind == "attacker"]
+        metrics["perturbation_l1_attacker"] = (sum(ledger[c]["l1"] for c in attacker)
+                                               / max(1, sum(ledger[c]["images"] for c in attacker)))
         stats = ray.get(service.stats.remote())
-        metrics["defense_latency_ms"] = stats["defense_ms_mean"]
+        metrics["defense_latency_us"] = stats["defense_us_per_image"]
         info["service_stats"] = stats
         rows = ray.get(service.request_log.remote())
     finally:
         _kill(owned)
     for row in rows:
-        row["client_kind"], row["attack"] = kinds.get(row["client"], (row.get("kind", ""), ""))
+        row["client_kind"], row["attack"], row["repeat"] = kinds.get(row["client"], (row.get("kind", ""), "", 0))
     info["seconds"] = time.perf_counter() - t_start
     info["victim_from_cache"] = victim.from_cache
-    return TrialResult({k: float(v) for k, v in metrics.items()}, rows, info)
+    return TrialResult({k: float(v) for k, v in metrics.items()}, rows, info, runs, curves)
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -171,7 +258,7 @@ SWEEP_KEYS = ("search", "objectives", "reference_point", "tracking", "defenses",
 def trial_dict(raw) -> dict:
     """The trial config of a YAML document: a trial YAML as it is, or a sweep YAML's first point
     (its first defense, each hyperparameter at its first value or lower bound)."""
-    from orchestrator.cli import UserError
+    from orchestrator.errors import UserError
     from orchestrator.sweep_config import from_dict
 
     if not isinstance(raw, dict):
@@ -220,12 +307,20 @@ def apply_override(data: dict, assignment: str) -> None:
 
 
 def _format_table(metrics: dict[str, float]) -> str:
-    order = [k for k in METRIC_ORDER if k in metrics] + sorted(k for k in metrics if k not in METRIC_ORDER)
+    """Metrics one per line; a metric with a `_std` companion is printed as mean ± sd."""
+    def std_of(k: str) -> str:
+        name, _, attack = k.partition("/")
+        return f"{name}_std/{attack}" if attack else f"{name}_std"
+
+    shown = [k for k in metrics if not k.split("/")[0].endswith("_std")]
+    order = [k for k in METRIC_ORDER if k in shown] + sorted(k for k in shown if k not in METRIC_ORDER)
     width = max(len(k) for k in order)
     lines = []
     for k in order:
         v = metrics[k]
         text = f"{v:.0f}" if k.startswith("queries/") and float(v).is_integer() else f"{v:.4f}"
+        if std_of(k) in metrics:
+            text += f" ± {metrics[std_of(k)]:.4f}"
         lines.append(f"{k:<{width}}  {text:>10}")
     return "\n".join(lines)
 
@@ -234,7 +329,7 @@ def main(args) -> int:
     """`heist trial CONFIG [--set k=v ...] [--json out.json]`."""
     import yaml
 
-    from orchestrator.cli import UserError
+    from orchestrator.errors import UserError
 
     path = Path(args.config)
     if not path.is_file():
@@ -256,7 +351,10 @@ def main(args) -> int:
         if started and ray.is_initialized():
             ray.shutdown()
     print(_format_table(result.metrics))
+    if cfg.repeats > 1:
+        print(f"(mean ± sample sd over {cfg.repeats} attack seeds)")
     if getattr(args, "json", None):
         out = {k: (v if math.isfinite(v) else None) for k, v in result.metrics.items()}
-        Path(args.json).write_text(json.dumps({"metrics": out}, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({"metrics": out, "runs": result.runs, "curves": result.curves,
+                                               "victim_training": result.info["victim_training"]}, indent=2) + "\n")
     return 0

@@ -55,7 +55,7 @@ def _train(model, x, targets, cfg: TrainConfig, gen: torch.Generator, device) ->
         for idx in torch.randperm(len(x), generator=gen).split(cfg.batch_size):
             xb, tb = x[idx].to(device), targets[idx].to(device)
             logits = model(xb)
-            loss = (-(tb * F.log_softmax(logits, 1)).sum(1).mean()) if soft else F.cross_entropy(logits, tb)
+            loss = soft_cross_entropy(logits, tb) if soft else F.cross_entropy(logits, tb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -71,6 +71,12 @@ def optimizer_for(model: nn.Module, cfg: TrainConfig, n: int):
            else torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay))
     steps = cfg.epochs * max(1, -(-n // cfg.batch_size))
     return opt, (torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if cfg.schedule == "cosine" else None)
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Distillation loss on probability targets: mean over rows of −Σ_k t_k log softmax(z)_k, which is
+    KL(t ‖ softmax z) up to the targets' entropy (Knockoff Nets' soft-label training)."""
+    return -(targets * F.log_softmax(logits, 1)).sum(1).mean()
 
 
 @torch.no_grad()

@@ -155,3 +155,36 @@ def test_bad_batches_rejected_while_good_client_is_served(ray_session, service, 
         assert any(r["ts"] >= barrage_start for r in good_rows), (barrage_start, barrage_end)
     finally:
         ray.kill(good)
+
+
+@pytest.mark.parametrize("defense", [{"name": "gaussian", "params": {"sigma": 0.1}},
+                                     {"name": "dcp", "params": {"beta": 0.9}}])
+def test_defended_answers_to_concurrent_clients_are_the_defense_of_each_row(ray_session, digits_victim, defense):
+    """Merged batches from several clients: each answer is the defense applied to that row's clean posterior,
+    and the ledger's L1 is the perturbation each client actually received."""
+    from orchestrator.attackers import RayQueryClient, spawn_attackers
+    from orchestrator.config import ServiceConfig
+    from orchestrator.service import VictimSpec, service_actor
+    from workloads.defenses import DefenseConfig, DefenseContext, build_defense
+
+    ray = ray_session
+    cfg = ServiceConfig(max_batch=256, max_wait_ms=20.0, max_request=64, num_cpus=0.5)
+    service = service_actor(VictimSpec("lenet5", SHAPE, 10, config=digits_victim.config),
+                            ray.put(digits_victim.model.state_dict()), DefenseConfig(**defense), cfg)
+    workers, ids, budgets = spawn_attackers(service, "def", 3, 300, query_batch=10, max_in_flight=4, num_cpus=0.25)
+    try:
+        x = digits_victim.data.x_pool[:300].numpy()
+        answers = RayQueryClient(workers, budgets).query(x)
+        clean = torch.from_numpy(clean_answers(digits_victim.model, x))
+        local = build_defense(DefenseConfig(**defense), DefenseContext(digits_victim.model, digits_victim.data,
+                                                                       "lenet5"))
+        expected = local(clean, torch.from_numpy(x)).numpy()
+        assert np.abs(expected - clean.numpy()).sum(1).mean() > 0.01        # the defense does change answers
+        np.testing.assert_allclose(answers, expected, atol=1e-5)
+        log = [r for r in ray.get(service.request_log.remote()) if r["client"] in ids]
+        assert max(r["served_batch_images"] for r in log) > 10               # requests were merged
+        ledger = ray.get(service.ledger.remote())
+        assert sum(ledger[c]["l1"] for c in ids) == pytest.approx(np.abs(answers - clean.numpy()).sum(), rel=1e-4)
+    finally:
+        for actor in [*workers, service]:
+            ray.kill(actor)

@@ -73,9 +73,10 @@ def test_a_sweep_runs_every_trial_and_logs_each_as_a_child_run(finished):
         assert run.data.params.keys() == {"defense", "beta", "gamma"}
         assert 0.05 <= float(run.data.params["beta"]) <= 1.0
         assert set(run.data.metrics) == {
-            "victim_accuracy", "defended_accuracy", "perturbation_l1", "defense_latency_ms", "stolen_accuracy",
-            "fidelity", "relative_accuracy",
-            *(f"{m}/{k}" for k in keys for m in ("stolen_accuracy", "fidelity", "queries"))}
+            "victim_accuracy", "defended_accuracy", "perturbation_l1", "perturbation_l1_attacker", "defense_latency_us",
+            "stolen_accuracy", "fidelity", "agreement", "relative_accuracy", "victim_training/train_seconds",
+            *(f"{m}/{k}" for k in keys for m in ("stolen_accuracy", "fidelity", "agreement", "perturbation_l1",
+                                                 "queries"))}
         assert run.data.metrics["queries/knockoff_soft_split"] == 150
 
 

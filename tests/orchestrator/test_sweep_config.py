@@ -168,8 +168,20 @@ def test_an_objective_must_name_a_known_metric():
         "objectives[0].metric: unknown metric 'stolen_acc' (did you mean 'stolen_accuracy'?)"]
     per_attack = from_dict(sweep(objectives=[{"metric": "stolen_accuracy/knockoff_soft_split", "mode": "min"}]))
     assert per_attack.reference_point == {"stolen_accuracy/knockoff_soft_split": 1.0}
-    assert errors(sweep(objectives=[{"metric": "defense_latency_ms", "mode": "min"}])) == [
-        "reference_point.defense_latency_ms: required (this metric has no natural worst value)"]
+    assert errors(sweep(objectives=[{"metric": "defense_latency_us", "mode": "min"}])) == [
+        "reference_point.defense_latency_us: required (this metric has no natural worst value)"]
+
+
+def test_an_objective_the_configured_trial_does_not_report_is_rejected():
+    """robust_accuracy exists only for adversarially trained victims; spreads only with repeats > 1."""
+    assert errors(sweep(objectives=[{"metric": "robust_accuracy", "mode": "max"}]))[0].startswith(
+        "objectives[0].metric: unknown metric 'robust_accuracy'")
+    assert errors(sweep(objectives=[{"metric": "stolen_accuracy_std", "mode": "min"}],
+                        reference_point={"stolen_accuracy_std": 1.0}))[0].startswith(
+        "objectives[0].metric: unknown metric 'stolen_accuracy_std'")
+    ok = from_dict(sweep(repeats=3, objectives=[{"metric": "stolen_accuracy_std", "mode": "min"}],
+                         reference_point={"stolen_accuracy_std": 1.0}))
+    assert ok.repeats == 3
 
 
 def test_budgets_below_one_are_rejected():

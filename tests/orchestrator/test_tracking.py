@@ -9,7 +9,8 @@ import pytest
 from mlflow import MlflowClient
 
 from orchestrator import ledger
-from orchestrator.cli import UserError, main
+from orchestrator.cli import main
+from orchestrator.errors import UserError
 from orchestrator.sweep_config import dump, from_dict
 from orchestrator.tracking import Tracker, check_reachable
 
@@ -36,10 +37,17 @@ def tracker(cfg, store):
     tmp_path = store
     tracker = Tracker.start(cfg, "tracked-1", tmp_path / "runs" / "tracked-1")
     for trial_id, (beta, defended, stolen) in TRIALS.items():
-        path = ledger.write([{"client": "w0", "images": 50}], tmp_path / f"{trial_id}.parquet", trial_id=trial_id)
+        files = {"ledgers": ledger.write([{"client": "w0", "images": 50}], tmp_path / "ledgers" / f"{trial_id}.parquet",
+                                         trial_id=trial_id)}
+        if trial_id == "t1":     # two repeats of a budget curve at 100 and 200 queries
+            files["curves"] = ledger.write([
+                {"attack": "knockoff_soft_split", "repeat": r, "checkpoint": c, "queries": c,
+                 "stolen_accuracy": acc, "fidelity": acc + 0.05}
+                for r, points in enumerate([(0.4, 0.7), (0.6, 0.9)]) for c, acc in zip((100, 200), points)],
+                tmp_path / "curves" / "t1.parquet", trial_id=trial_id)
         tracker.log_trial(trial_id, {"name": "dcp", "params": {"beta": beta, "gamma": 0.2}},
                           {"defended_accuracy": defended, "stolen_accuracy": stolen,
-                           "stolen_accuracy/knockoff_soft_split": stolen}, path, label_keys=["beta"])
+                           "stolen_accuracy/knockoff_soft_split": stolen}, files, label_keys=["beta"])
     return tracker
 
 
@@ -63,9 +71,21 @@ def test_each_trial_is_a_child_run_with_params_metrics_and_its_ledger(cfg, track
     assert child.data.tags["mlflow.parentRunId"] == tracker.parent_run_id
     assert child.info.run_name == "dcp beta=0.5"
     assert child.data.params == {"defense": "dcp", "beta": "0.5", "gamma": "0.2"}
-    assert child.data.metrics == {"defended_accuracy": 0.95, "stolen_accuracy": 0.8,
-                                  "stolen_accuracy/knockoff_soft_split": 0.8}
+    assert {k: v for k, v in child.data.metrics.items() if not k.startswith("curve/")} == {
+        "defended_accuracy": 0.95, "stolen_accuracy": 0.8, "stolen_accuracy/knockoff_soft_split": 0.8}
     assert [a.path for a in client.list_artifacts(child.info.run_id, "ledger")] == ["ledger/t1.parquet"]
+
+
+def test_a_budget_curve_is_logged_as_metric_steps_mean_over_repeats_with_its_plot(cfg, tracker):
+    client = MlflowClient(cfg.tracking.uri)
+    first, second = tracker.trial_runs()[:2]
+    history = client.get_metric_history(first.info.run_id, "curve/stolen_accuracy/knockoff_soft_split")
+    assert sorted((m.step, round(m.value, 6)) for m in history) == [(100, 0.5), (200, 0.8)]
+    fidelity = client.get_metric_history(first.info.run_id, "curve/fidelity/knockoff_soft_split")
+    assert sorted((m.step, round(m.value, 6)) for m in fidelity) == [(100, 0.55), (200, 0.85)]
+    artifacts = {a.path for a in client.list_artifacts(first.info.run_id)}
+    assert {"curves.png", "curves", "ledger"} <= artifacts
+    assert not any(k.startswith("curve/") for k in second.data.metrics)
 
 
 def test_a_trial_is_never_logged_twice(tracker):

@@ -65,20 +65,25 @@ def test_run_trial_digits_fake_gpu_metrics_and_cleanup(ray_session, victim_cache
 
     keys = [a.key for a in cfg.attacks]
     assert keys == ["knockoff_soft_split", "copycat_hard_noise"]
-    expected = {"victim_accuracy", "defended_accuracy", "perturbation_l1", "defense_latency_ms",
-                "stolen_accuracy", "fidelity", "relative_accuracy"}
-    expected |= {f"{p}/{k}" for p in ("stolen_accuracy", "fidelity", "queries") for k in keys}
-    assert set(m) == expected
+    expected = {"victim_accuracy", "defended_accuracy", "perturbation_l1", "perturbation_l1_attacker",
+                "defense_latency_us", "stolen_accuracy", "fidelity", "agreement", "relative_accuracy",
+                "victim_training/train_seconds"}
+    expected |= {f"{p}/{k}" for p in ("stolen_accuracy", "fidelity", "agreement", "perturbation_l1", "queries")
+                 for k in keys}
+    assert set(m) == expected                                                       # one repeat: no _std
     assert m["victim_accuracy"] == pytest.approx(digits_victim.accuracy) and m["victim_accuracy"] > 0.8
     assert m["defended_accuracy"] == pytest.approx(m["victim_accuracy"])          # defense `none`
     assert m["perturbation_l1"] == pytest.approx(0.0, abs=1e-5)
-    assert 0.0 <= m["defense_latency_ms"] < 1000.0
+    assert m["perturbation_l1_attacker"] == pytest.approx(0.0, abs=1e-5)
+    assert 0.0 <= m["defense_latency_us"] < 1000.0
     for k in keys:
         assert 0.0 <= m[f"stolen_accuracy/{k}"] <= 1.0 and 0.0 <= m[f"fidelity/{k}"] <= 1.0
     assert m["queries/knockoff_soft_split"] == 300 and m["queries/copycat_hard_noise"] == 200
     assert m["stolen_accuracy/knockoff_soft_split"] > 0.3                          # the attack learned something
     assert m["stolen_accuracy"] == max(m[f"stolen_accuracy/{k}"] for k in keys)
     assert m["fidelity"] == max(m[f"fidelity/{k}"] for k in keys)
+    for k in keys:     # undefended: the defended answers are the clean ones, so agreement is fidelity
+        assert m[f"agreement/{k}"] == pytest.approx(m[f"fidelity/{k}"])
     assert m["relative_accuracy"] == pytest.approx(m["stolen_accuracy"] / m["victim_accuracy"])
 
     rows = result.ledger
@@ -160,3 +165,47 @@ def test_run_trial_inside_a_tune_trial_uses_its_placement_group(ray_session, vic
     assert grid[0].metrics["queries/knockoff_soft_split"] == 100 and grid[0].metrics["ledger_rows"] > 0
     avail = wait_for_full_resources(ray, total)
     assert all(avail.get(k, 0.0) >= v - 1e-6 for k, v in total.items()), (avail, total)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_a_real_defense_with_repeats_and_budget_curves(ray_session, victim_cache, digits_victim):
+    """Reverse sigmoid through the whole trial: answers perturbed (test set and attacker queries), utility as the
+    defense predicts, each attack repeated with independent seeds (mean ± sd), and the budget curve measured."""
+    import numpy as np
+    import torch
+
+    from orchestrator.config import trial_config
+    from orchestrator.trial import run_trial
+    from workloads.defenses import DefenseConfig, DefenseContext, build_defense
+    from workloads.metrics import accuracy
+    from workloads.training import predict_proba
+
+    data = yaml.safe_load(YAML.read_text())
+    data.update(cache_dir=victim_cache, repeats=3, attacks=data["attacks"][:1],
+                defense={"name": "reverse_sigmoid", "params": {"beta": 1.0, "gamma": 0.2}})
+    data["attacks"][0].update(budget=240, train={"epochs": 8, "batch_size": 64, "lr": 0.003}, checkpoints=[80, 240])
+    result = run_trial(trial_config(data))
+    m, key = result.metrics, "knockoff_soft_split"
+
+    defense = build_defense(DefenseConfig("reverse_sigmoid", {"beta": 1.0, "gamma": 0.2}),
+                            DefenseContext(digits_victim.model, digits_victim.data, "lenet5"))
+    x_test = digits_victim.data.x_test
+    expected = defense(predict_proba(digits_victim.model, x_test), x_test)
+    assert m["defended_accuracy"] == pytest.approx(accuracy(expected, digits_victim.data.y_test), abs=1e-9)
+    assert m["perturbation_l1"] > 0.5 and m["perturbation_l1_attacker"] > 0.5
+    assert m[f"perturbation_l1/{key}"] == pytest.approx(m["perturbation_l1_attacker"])
+
+    assert [(r["repeat"], r["seed"]) for r in result.runs] == [(0, 0), (1, 1), (2, 2)]
+    accs = [r["stolen_accuracy"] for r in result.runs]
+    assert len(set(accs)) > 1                                   # independent seeds give different thieves
+    assert m[f"stolen_accuracy/{key}"] == pytest.approx(np.mean(accs))
+    assert m[f"stolen_accuracy_std/{key}"] == pytest.approx(np.std(accs, ddof=1))
+    assert m["stolen_accuracy_std"] == m[f"stolen_accuracy_std/{key}"] and m[f"queries/{key}"] == 240
+    assert {r["repeat"] for r in result.ledger if r["attack"] == key} == {0, 1, 2}
+    assert sum(r["images"] for r in result.ledger if r["attack"] == key) == 3 * 240
+
+    assert sorted((c["repeat"], c["checkpoint"]) for c in result.curves) == [
+        (r, c) for r in range(3) for c in (80, 240)]
+    final = {c["repeat"]: c["stolen_accuracy"] for c in result.curves if c["checkpoint"] == 240}
+    assert [final[r] for r in range(3)] == pytest.approx(accs)   # the last point is the finished substitute

@@ -10,8 +10,9 @@ Each attack lives in its own module and registers itself with its typed Params (
     @register("knockoff", KnockoffParams, labels="soft")
     def steal(cfg, params, client, pool, victim, checkpoint) -> nn.Module: ...
 
-`checkpoint(queries, substitute)`, when given, is called by the attack at budget checkpoints with its
-current substitute: the trial evaluates it there and logs a budget curve (step = queries).
+`checkpoint(queries, substitute)`, when given, may be called by the attack as often as it likes with its
+current substitute and the queries spent so far; the trial evaluates the substitute each time the queries
+pass one of `cfg.checkpoints` and logs the budget curve (step = queries).
 """
 from __future__ import annotations
 
@@ -84,6 +85,7 @@ class AttackConfig:
     seed: int = 0
     id: str | None = None
     params: dict = dataclasses.field(default_factory=dict)
+    checkpoints: list[int] = dataclasses.field(default_factory=list)   # budgets where the budget curve is measured
 
     def __post_init__(self):
         ensure_loaded()
@@ -92,6 +94,10 @@ class AttackConfig:
         positive("workers", self.workers)
         positive("query_batch", self.query_batch)
         positive("seed", self.seed, 0)
+        for i, c in enumerate(self.checkpoints):
+            if not 0 < c <= self.budget or (i and c <= self.checkpoints[i - 1]):
+                raise ConfigError(f"checkpoints[{i}]: expected increasing query counts in 1..budget "
+                                  f"({self.budget}), got {c!r}")
         self.typed_params()
         if self.labels is None:
             object.__setattr__(self, "labels", REGISTRY[self.name].labels)

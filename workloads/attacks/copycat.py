@@ -12,4 +12,4 @@ from workloads.attacks.transfer import query_and_train, sample_queries
 @register("copycat", NoParams, labels="hard")
 def steal(cfg, params, client, pool, victim, checkpoint=None):
     x = sample_queries(pool, min(cfg.budget, len(pool)), cfg.seed)
-    return query_and_train(cfg, client, x, victim)
+    return query_and_train(cfg, client, x, victim, checkpoint)

@@ -10,4 +10,4 @@ from workloads.attacks.transfer import query_and_train, sample_queries
 
 @register("knockoff", NoParams, labels="soft")
 def steal(cfg, params, client, pool, victim, checkpoint=None):
-    return query_and_train(cfg, client, sample_queries(pool, cfg.budget, cfg.seed), victim)
+    return query_and_train(cfg, client, sample_queries(pool, cfg.budget, cfg.seed), victim, checkpoint)

@@ -34,7 +34,18 @@ def new_substitute(arch: str, victim, seed: int) -> nn.Module:
     return build_model(arch, victim.shape, victim.num_classes, seed=derive_seed("substitute/init", seed))
 
 
-def query_and_train(cfg, client, x: torch.Tensor, victim) -> nn.Module:
-    """Query `x` through the client, then train the substitute on the answers."""
+def query_and_train(cfg, client, x: torch.Tensor, victim, checkpoint=None) -> nn.Module:
+    """Query `x` through the client, then train the substitute on the answers.
+
+    With a `checkpoint` callback, the budget curve is measured the way mebench's "retrain" track does:
+    at each of `cfg.checkpoints` below the number of answers, a fresh substitute is trained on the first
+    answers alone (the same seed, so points differ only by data)."""
     answers = client.query(x.numpy())
-    return train_on_answers(x, answers, cfg.labels, cfg.substitute_arch or victim.arch, victim, cfg.train, cfg.seed)
+    arch = cfg.substitute_arch or victim.arch
+    if checkpoint is not None:
+        for n in (c for c in cfg.checkpoints if c < len(x)):
+            checkpoint(n, train_on_answers(x[:n], answers[:n], cfg.labels, arch, victim, cfg.train, cfg.seed))
+    substitute = train_on_answers(x, answers, cfg.labels, arch, victim, cfg.train, cfg.seed)
+    if checkpoint is not None:
+        checkpoint(len(x), substitute)
+    return substitute

@@ -1,7 +1,7 @@
 """Ownership: watermark sets, their verification, removal attacks, and the trial metrics built from them.
 
-The trial calls `victim_metrics` once per victim and `suspect_metrics` once per stolen substitute, then
-`summary`. A victim without a watermark (no `wm_x` artifact) reports only `robust_accuracy` (when asked for).
+The trial calls `victim_metrics` once per victim and `suspect_metrics` once per stolen substitute (averaged over
+an attack's repeats), then `summary`; `metric_names` lists what it will report, for sweep objectives. A victim without a watermark (no `wm_x` artifact) reports only `robust_accuracy` (when asked for).
 Metric names: robust_accuracy, wm_accuracy_victim, wm_pvalue_victim, wm_accuracy_null, wm_threshold,
 wm_fpr (threshold test, leave-one-out on the null models), wm_fpr_binomial; per suspect (an attack key, or a
 removal attack on a leaked copy: `finetune`, `prune_<rate>`): wm_accuracy/, wm_pvalue/, wm_verified/
@@ -73,8 +73,9 @@ def _p0(null: list[float], num_classes: int, cfg: OwnershipConfig) -> float:
 def _suspect(name: str, model: nn.Module, victim, null: list[float], cfg: OwnershipConfig) -> dict[str, float]:
     v = verify(model, victim.artifacts["wm_x"], victim.artifacts["wm_y"], threshold(null, cfg.margin),
                _p0(null, victim.data.num_classes, cfg), cfg.significance)
-    return {f"wm_accuracy/{name}": v.wm_accuracy, f"wm_pvalue/{name}": v.pvalue,
-            f"wm_verified/{name}": float(v.verified_threshold), f"wm_verified_binomial/{name}": float(v.verified_binomial)}
+    scores = {"wm_accuracy": v.wm_accuracy, "wm_pvalue": v.pvalue, "wm_verified": float(v.verified_threshold),
+              "wm_verified_binomial": float(v.verified_binomial)}
+    return {f"{k}/{name}": value for k, value in scores.items()} if name else scores
 
 
 def victim_metrics(victim, cfg: OwnershipConfig, cache_dir) -> dict[str, float]:
@@ -109,12 +110,37 @@ def victim_metrics(victim, cfg: OwnershipConfig, cache_dir) -> dict[str, float]:
     return out
 
 
-def suspect_metrics(victim, substitute: nn.Module, key: str, cfg: OwnershipConfig, cache_dir) -> dict[str, float]:
-    """Watermark accuracy, p-value and both decisions for one stolen substitute (`<metric>/<key>`)."""
+def suspect_metrics(victim, substitute: nn.Module, cfg: OwnershipConfig, cache_dir) -> dict[str, float]:
+    """Watermark accuracy, p-value and both decisions for one stolen substitute (SUSPECT_METRICS; the trial
+    reports their mean over an attack's repeats as `<metric>/<attack key>`)."""
     if "wm_x" not in victim.artifacts:
         return {}
-    substitute = substitute.cpu().eval()
-    return _suspect(key, substitute, victim, _null(victim, cfg, cache_dir), cfg)
+    training = substitute.training
+    scores = _suspect("", substitute.cpu().eval(), victim, _null(victim, cfg, cache_dir), cfg)
+    substitute.train(training)
+    return scores
+
+
+SUSPECT_METRICS = ("wm_accuracy", "wm_pvalue", "wm_verified", "wm_verified_binomial")
+VICTIM_METRICS = ("wm_accuracy_victim", "wm_pvalue_victim", "wm_accuracy_null", "wm_threshold", "wm_fpr",
+                  "wm_fpr_binomial", "wm_verification_rate")
+
+
+def metric_names(hardening, attack_keys: list[str], repeats: int, cfg: OwnershipConfig) -> list[str]:
+    """The ownership metrics a trial reports for a victim trained with `hardening` (name and params as given,
+    possibly a sweep's search space): robust_accuracy when an ε is known, the watermark ones when the recipe
+    may train a watermark."""
+    params = hardening.params if isinstance(hardening.params, dict) else {}
+    adversarial = hardening.name == "adversarial_training"
+    names = ["robust_accuracy"] if cfg.robust_epsilon is not None or adversarial else []
+    watermark = params.get("watermark") or {}
+    options = watermark if isinstance(watermark, list) else watermark.get("choice", [watermark])  # searched: a choice
+    if not adversarial or not any(isinstance(o, dict) and o.get("kind", "none") != "none" for o in options):
+        return names
+    removals = [f"prune_{r:g}" for r in cfg.prune_rates] + (["finetune"] if cfg.finetune else [])
+    names += list(VICTIM_METRICS) + [f"{m}/{s}" for s in attack_keys + removals for m in SUSPECT_METRICS]
+    names += [f"removal_accuracy/{r}" for r in removals]
+    return names + ([f"{m}_std/{k}" for k in attack_keys for m in SUSPECT_METRICS] if repeats > 1 else [])
 
 
 def summary(metrics: dict[str, float]) -> dict[str, float]:
