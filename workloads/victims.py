@@ -52,7 +52,8 @@ class VictimConfig:
         check_choice("arch", self.arch, MODELS)
         positive("seed", self.seed, 0)
         positive("holdout", self.holdout, 0)
-        self.hardening.check_holdout(self.holdout)
+        if isinstance(self.hardening, HardeningConfig):     # a sweep's search space checks each point it builds
+            self.hardening.check_holdout(self.holdout)
 
     def load_data(self) -> Dataset:
         return load_dataset(self.dataset, seed=derive_seed("data/split", self.seed), pool_fraction=self.pool_fraction,
