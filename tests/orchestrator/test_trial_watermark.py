@@ -4,9 +4,10 @@ import pytest
 
 from workloads.config import ConfigError
 
+# the victim of tests/workloads/ownership/conftest.py: trained once per session (victim cache)
 VICTIM = {"dataset": "digits", "holdout": 300, "hardening": {"name": "adversarial_training", "params": {
     "epsilon": 0.1, "alpha": 0.02, "steps": 5,
-    "watermark": {"kind": "adversarial", "k": 50, "beta": 0.25, "attack": "pgd", "per_batch": 64}}}}
+    "watermark": {"kind": "adversarial", "k": 100, "beta": 0.25, "attack": "pgd", "per_batch": 64}}}}
 OWNERSHIP = {"null_models": 3, "prune_rates": [0.5], "finetune": {"epochs": 1}, "robust_size": 100}
 
 
