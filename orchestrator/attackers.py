@@ -5,7 +5,8 @@
   `max_in_flight` requests outstanding, and returns the answers in order.
 * `RayQueryClient` implements `workloads.attacks.QueryClient`: `query(x)` splits x into contiguous
   slices sized by each worker's remaining budget, runs them on the workers concurrently and concatenates
-  the answers in order, so every image is answered exactly once and charged exactly once.
+  the answers in order, so every image is answered exactly once and charged exactly once. `explain(x,
+  request, weights)` does the same with the service's `explain`, each image charged request.cost(K).
 * `BenignClient` (Ray actor): streams the test set through the service as its own client and returns the
   defended posteriors plus per-batch latencies.
 
@@ -29,8 +30,11 @@ class _Streamer:
         self.images = self.requests = 0      # answered (= charged by the service)
         self.seconds = 0.0
 
-    def _run(self, x: np.ndarray) -> tuple[np.ndarray, list[float]]:
+    def _run(self, x: np.ndarray, cost: int = 1, send=None) -> tuple[np.ndarray, list[float]]:
         """Answers for x in order, and each request's latency (submit to answer, ms).
+
+        `send(lo, hi)` submits x[lo:hi] and returns the reply's ref (default: a query); each image is
+        charged `cost` by the service. Tuple replies (explanations) come back as a tuple of arrays.
 
         On an error the requests already in flight are still awaited and counted (the service charged
         them), then the first error is raised.
@@ -39,6 +43,7 @@ class _Streamer:
         answers: list[np.ndarray] = []
         latencies: list[float] = []
         t_run = time.perf_counter()
+        send = send or (lambda lo, hi: self.service.query.remote(self.client_id, x[lo:hi]))
 
         def collect_oldest():
             ref, t, n = pending.popleft()
@@ -51,8 +56,8 @@ class _Streamer:
             for lo in range(0, len(x), self.batch):
                 while len(pending) >= self.max_in_flight:
                     collect_oldest()
-                xb = x[lo:lo + self.batch]
-                pending.append((self.service.query.remote(self.client_id, xb), time.perf_counter(), len(xb)))
+                hi = min(lo + self.batch, len(x))
+                pending.append((send(lo, hi), time.perf_counter(), (hi - lo) * cost))
             while pending:
                 collect_oldest()
         except Exception:
@@ -66,11 +71,16 @@ class _Streamer:
             self.seconds += time.perf_counter() - t_run
         if not answers:
             return np.zeros((0, 0), np.float32), latencies
+        if isinstance(answers[0], tuple):
+            return tuple(np.concatenate(parts) for parts in zip(*answers)), latencies
         return np.concatenate(answers), latencies
 
     def _answer(self, reply) -> np.ndarray:
-        """Turn the service's reply into posteriors. With the OpenGate the reply is the answer itself; a
-        gate that answers with a challenge (proof of work) plugs its solve-and-redeem step in here."""
+        """Turn the service's reply into posteriors (or an explanation's (posteriors, explanations)). With
+        the OpenGate the reply is the answer itself; a gate that answers with a challenge (proof of work)
+        plugs its solve-and-redeem step in here."""
+        if isinstance(reply, tuple) and all(isinstance(r, np.ndarray) for r in reply):
+            return reply
         if not isinstance(reply, np.ndarray):
             raise TypeError(f"client {self.client_id!r}: the service replied with a {type(reply).__name__}, "
                             f"not posteriors (a gate challenge this client cannot answer)")
@@ -91,6 +101,18 @@ class AttackerWorker(_Streamer):
     def query(self, x: np.ndarray, lo: int = 0, hi: int | None = None) -> np.ndarray:
         """Answers for x[lo:hi] (x may be a shared ObjectRef'd array; the slice is a view)."""
         return self._run(x[lo:hi])[0]
+
+    def explain(self, x: np.ndarray, lo: int, hi: int, weights: np.ndarray | None, request: dict,
+                cost: int) -> tuple[np.ndarray, np.ndarray]:
+        """Explanations for x[lo:hi] (`request`: ExplainRequest fields; weights[lo:hi] for mode vjp), each
+        image charged `cost` evaluations."""
+        x = x[lo:hi]
+        w = None if weights is None else weights[lo:hi]
+        return self._run(x, cost, lambda a, b: self.service.explain.remote(
+            self.client_id, x[a:b], weights=None if w is None else w[a:b], **request))[0]
+
+    def num_classes(self) -> int:
+        return int(ray.get(self.service.ready.remote())["num_classes"])
 
     def timed_query(self, x: np.ndarray, lo: int = 0, hi: int | None = None) -> tuple[float, float, int]:
         """Like `query`, but returns (start, end, images) wall-clock times instead of answers (benchmarks)."""
@@ -161,6 +183,7 @@ class RayQueryClient:
         self.remaining = list(self.shares)
         self.budget = sum(self.shares)
         self.used = 0
+        self.num_classes: int | None = None
 
     def query(self, x) -> np.ndarray:
         from workloads.attacks import BudgetExceeded
@@ -191,6 +214,45 @@ class RayQueryClient:
         if len(out) != n:   # guards the invariant the attacks rely on
             raise RuntimeError(f"RayQueryClient: {len(out)} answers for {n} images")
         return out
+
+    def explain(self, x, request, weights=None) -> tuple[np.ndarray, np.ndarray]:
+        """(defended posteriors, explanations) for x, split across the workers; each image is charged
+        request.cost(K) victim evaluations (K asked once from the service)."""
+        import dataclasses
+
+        from workloads.attacks import BudgetExceeded
+
+        if self.num_classes is None:
+            self.num_classes = ray.get(self.workers[0].num_classes.remote())
+        per_image = request.cost(self.num_classes)
+        n = len(x)
+        if n == 0:
+            raise ValueError("explain: expected at least one image, got 0")
+        if self.used + n * per_image > self.budget:
+            raise BudgetExceeded(f"explanation of {n} images ({n * per_image} evaluations) exceeds budget "
+                                 f"({self.used}/{self.budget} used)")
+        fits = [r // per_image for r in self.remaining]
+        if n > sum(fits):
+            raise BudgetExceeded(f"explanation of {n} images at {per_image} evaluations each does not fit the "
+                                 f"workers' remaining budgets {self.remaining}")
+        sizes = allocate(n, fits)
+        ref = ray.put(np.ascontiguousarray(x, dtype=np.float32))
+        wref = None if weights is None else ray.put(np.asarray(weights, dtype=np.float32))
+        spec = dataclasses.asdict(request)
+        calls, lo = [], 0
+        for i, size in enumerate(sizes):
+            if size:
+                calls.append((i, size, self.workers[i].explain.remote(ref, lo, lo + size, wref, spec, per_image)))
+                lo += size
+        try:
+            answers = ray.get([c for _, _, c in calls])
+        except Exception:
+            self._resync()
+            raise
+        for i, size, _ in calls:
+            self.remaining[i] -= size * per_image
+        self.used += n * per_image
+        return np.concatenate([a[0] for a in answers]), np.concatenate([a[1] for a in answers])
 
     def _resync(self) -> None:
         """After a failed query, recount from the workers what was actually answered (and charged)."""

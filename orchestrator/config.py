@@ -25,9 +25,12 @@ class ServiceConfig:
                                        # forward; None = auto (256 on CPU, where that is fastest; 0 on GPU)
     num_cpus: float = 1.0
     num_gpus: float = 0.0          # fractional GPUs allowed; 0 on CPU-only clusters
+    explanations: bool = False     # serve `explain` (gradient explanations, charged per victim evaluation)
+    explanation_noise: float = 0.0  # Gaussian noise on explanations, std = this x each explanation's RMS
 
     def __post_init__(self):
         positive("max_batch", self.max_batch)
+        positive("explanation_noise", self.explanation_noise, 0)
         positive("max_request", self.max_request)
         if self.forward_batch is not None:
             positive("forward_batch", self.forward_batch, 0)
@@ -78,6 +81,12 @@ class TrialConfig:
                 raise ConfigError(f"attacks[{i}].surrogate.name: {a.surrogate.name!r} is the victim's own dataset, "
                                   f"whose train and test images would leak into the attacker's pool; use "
                                   f"surrogate.kind: split for its disjoint pool")
+        from workloads.attacks import REGISTRY
+
+        for i, a in enumerate(self.attacks):
+            if REGISTRY[a.name].explanations and not self.service.explanations:
+                raise ConfigError(f"service.explanations: attacks[{i}] ({a.name}) asks the victim for explanations; "
+                                  f"set service.explanations: true")
         keys = [a.key for a in self.attacks]
         if len(set(keys)) != len(keys):
             raise ConfigError(f"attacks: two attacks share the key {sorted(k for k in keys if keys.count(k) > 1)[0]!r};"

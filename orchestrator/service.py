@@ -21,8 +21,15 @@ additions plug in without rewrites:
   keeps the computed answer in `record.state` and releases it from a new `redeem(client_id, ticket,
   stamp)` method once the stamp verifies; its difficulty can follow a leakage estimate also kept in
   `record.state`. Clients then treat a non-ndarray reply as a challenge.
-* an `explain(client_id, x)` method (gradient explanations charged as queries): another entry point that
-  validates and charges through the same `_admit` / `_charge` path and the same records.
+* `explain(client_id, x, mode, weights, explainer, samples, sigma)`: gradient explanations of the
+  victim (workloads.explanations), off unless `service.explanations` is true. It validates, admits and
+  charges through the same `_validate` / `_admit` / `_charge` path, records and ledger as `query`; an
+  explanation is charged its victim evaluations (`ExplainRequest.cost`: K per image for a full Jacobian,
+  n per image for SmoothGrad). The batcher serves queries and explanations from the same queue: queries
+  in one forward, explanation requests with the same settings in one batched gradient computation, both
+  in the compute thread. The output defense applies to the prediction that comes with every explanation;
+  `service.explanation_noise` adds Gaussian noise to the explanations (a defense knob of its own).
+  Log rows carry `request` ("query" / "explain") and `inputs` (images sent; `images` is what was charged).
 
 Timing: for every served (forward) batch the service measures the clean cost (forward + softmax) and
 the defended cost (+ defense), so the added serving latency per image (`defense_latency_us`) is the
@@ -84,6 +91,11 @@ class Request:
     x: np.ndarray
     future: asyncio.Future
     t_submit: float
+    cost: int = 0                # images charged (0: len(x), one per image)
+    explain: Any = None          # (ExplainRequest, weights) for an explanation request; None for a query
+
+    def __post_init__(self):
+        self.cost = self.cost or len(self.x)
 
 
 class Gate(Protocol):
@@ -129,6 +141,7 @@ class _Service:
         from orchestrator.config import ServiceConfig
         from workloads.defenses import DefenseConfig, DefenseContext, build_defense
         from workloads.models import build_model
+        from workloads.seeds import derive_seed
 
         self.cfg = service or ServiceConfig()
         self.num_threads = max(1, int(num_threads or self.cfg.num_cpus))
@@ -146,9 +159,12 @@ class _Service:
         ctx = DefenseContext(victim=self.model, dataset=data, arch=spec.arch, seed=spec.seed, device=self.device)
         self.defense = build_defense(defense or DefenseConfig(), ctx)
         self.gate = gate or OpenGate()
+        self._explain_rng = torch.Generator(self.device).manual_seed(derive_seed("explainer/sampling", spec.seed))
+        self._explain_noise_rng = torch.Generator(self.device).manual_seed(derive_seed("defense/noise", spec.seed))
         self.clients: dict[str, ClientRecord] = {}
         self._log: list[dict] = []
         self._batches: list[tuple[int, float, float]] = []   # (images, forward_ms, defense_ms) per served batch
+        self._served = 0                                       # served batches, queries and explanations
         self._queue: asyncio.Queue | None = None
         self._batcher_task: asyncio.Task | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="victim-compute",
@@ -209,6 +225,46 @@ class _Service:
         self._charge(rec, request, l1, t_start, t_end, served, batch_id)
         return await self.gate.release(rec, request, answer)
 
+    async def explain(self, client_id: str, x, mode: str = "top1", weights=None, explainer: str = "vanilla",
+                      samples: int = 50, sigma: float = 0.15) -> Any:
+        """Gradient explanations of client `client_id`'s batch x (workloads.explanations): the reply is
+        (defended posteriors (n, K), explanations (n, rows, C, H, W)), both float32; charged
+        `ExplainRequest.cost` victim evaluations per image."""
+        from workloads.explanations import check_weights
+
+        rec = self._client(client_id)
+        request = self._explain_request(rec, x, mode, weights, explainer, samples, sigma)
+        x = self._validate(rec, x)
+        if weights is not None:
+            weights = np.asarray(weights, dtype=np.float32)
+        try:
+            check_weights(weights, len(x), self.num_classes, request.mode)
+        except ValueError as e:
+            rec.rejected += 1
+            raise InvalidQuery(f"client {rec.client_id!r}: {e}") from None
+        req = self._admit(rec, x, cost=len(x) * request.cost(self.num_classes), explain=(request, weights))
+        try:
+            answer, l1, t_start, t_end, served, batch_id = await req.future
+        except BaseException:
+            rec.reserved -= req.cost
+            raise
+        self._charge(rec, req, l1, t_start, t_end, served, batch_id)
+        return await self.gate.release(rec, req, answer)
+
+    def _explain_request(self, rec: ClientRecord, x, mode, weights, explainer, samples, sigma):
+        from workloads.config import ConfigError
+        from workloads.explanations import ExplainRequest
+
+        if not self.cfg.explanations:
+            rec.rejected += 1
+            raise InvalidQuery(f"client {rec.client_id!r}: service.explanations: explanations are off for this "
+                               f"service (set service.explanations: true to serve them)")
+        try:
+            return ExplainRequest(mode, explainer, samples, sigma)
+        except ConfigError as e:
+            rec.rejected += 1
+            raise InvalidQuery(f"client {rec.client_id!r}: {e}") from None
+
     def _client(self, client_id: str) -> ClientRecord:
         try:
             return self.clients[client_id]
@@ -237,17 +293,18 @@ class _Service:
                                   f"image(s), first at image {int(bad_rows[0])}")
         return x
 
-    def _admit(self, rec: ClientRecord, x: np.ndarray) -> Request:
+    def _admit(self, rec: ClientRecord, x: np.ndarray, cost: int = 0, explain=None) -> Request:
         from workloads.attacks import BudgetExceeded
 
-        n = len(x)
+        n = cost or len(x)
         used = rec.images + rec.reserved
         if used + n > rec.budget:
             rec.refused += 1
-            raise BudgetExceeded(f"client {rec.client_id!r}: a query of {n} images exceeds its budget "
+            what = f"a query of {n} images" if explain is None else f"an explanation of {len(x)} images ({n} evaluations)"
+            raise BudgetExceeded(f"client {rec.client_id!r}: {what} exceeds its budget "
                                  f"({used} used, budget {rec.budget}); nothing was charged")
         rec.reserved += n
-        request = Request(rec, rec.seq, x, asyncio.get_running_loop().create_future(), time.perf_counter())
+        request = Request(rec, rec.seq, x, asyncio.get_running_loop().create_future(), time.perf_counter(), n, explain)
         rec.seq += 1
         self._ensure_batcher()
         self._queue.put_nowait(request)
@@ -255,13 +312,14 @@ class _Service:
 
     def _charge(self, rec: ClientRecord, req: Request, l1: float, t_start: float, t_end: float, served: int,
                 batch_id: int) -> None:
-        n = len(req.x)
+        n = req.cost
         rec.reserved -= n
         rec.images += n
         rec.batches += 1
         rec.seconds += t_end - req.t_submit
         rec.l1 += l1
         self._log.append({"client": rec.client_id, "kind": rec.kind, "seq": req.seq, "images": n, "l1": l1,
+                          "request": "query" if req.explain is None else "explain", "inputs": len(req.x),
                           "queue_ms": (t_start - req.t_submit) * 1e3, "compute_ms": (t_end - t_start) * 1e3,
                           "served_batch_images": served, "batch": batch_id,
                           "t": req.t_submit - self._t0, "ts": self._wall0 + (req.t_submit - self._t0)})
@@ -300,8 +358,51 @@ class _Service:
 
     async def _serve(self, batch: list[Request], n: int) -> None:
         batch = [r for r in batch if not r.future.done()]      # cancelled callers
-        if not batch:
+        groups: dict = {}                                      # queries (None) and each explanation setting
+        for r in batch:
+            groups.setdefault(None if r.explain is None else r.explain[0], []).append(r)
+        for setting, requests in groups.items():
+            await (self._serve_queries(requests) if setting is None else self._serve_explanations(setting, requests))
+
+    async def _serve_explanations(self, request, batch: list[Request]) -> None:
+        """One batched explanation computation for requests with the same ExplainRequest."""
+        x = np.concatenate([r.x for r in batch])
+        weights = np.concatenate([r.explain[1] for r in batch]) if request.mode == "vjp" else None
+        t_start = time.perf_counter()
+        try:
+            probs, grads, l1 = await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._compute_explanations, x, request, weights)
+        except Exception as e:
+            for r in batch:
+                if not r.future.done():
+                    r.future.set_exception(RuntimeError(f"victim explanation failed: {type(e).__name__}: {e}"))
             return
+        t_end = time.perf_counter()
+        batch_id, self._served = self._served, self._served + 1
+        lo = 0
+        for r in batch:
+            hi = lo + len(r.x)
+            if not r.future.done():
+                r.future.set_result(((probs[lo:hi], grads[lo:hi]), float(l1[lo:hi].sum()), t_start, t_end, len(x),
+                                     batch_id))
+            lo = hi
+
+    def _compute_explanations(self, x: np.ndarray, request, weights: np.ndarray | None):
+        """Explanations (with explanation noise), the defended prediction at x and each row's
+        ‖defended − clean‖₁. Runs in the compute thread."""
+        from workloads.explanations import add_noise, explain
+
+        torch = self._torch
+        xt = torch.from_numpy(x).to(self.device)
+        w = None if weights is None else torch.from_numpy(weights).to(self.device)
+        probs, grads = explain(self.model, xt, request, w, generator=self._explain_rng)
+        grads = add_noise(grads, self.cfg.explanation_noise, self._explain_noise_rng)
+        with torch.inference_mode():
+            answer = self.defense(probs, xt)
+            l1 = (answer.double() - probs.double()).abs().sum(1).cpu().numpy()
+        return answer.float().cpu().numpy(), grads.float().cpu().numpy(), l1
+
+    async def _serve_queries(self, batch: list[Request]) -> None:
         x = np.concatenate([r.x for r in batch])               # a fresh, writable, contiguous buffer
         t_start = time.perf_counter()
         try:
@@ -312,7 +413,7 @@ class _Service:
                     r.future.set_exception(RuntimeError(f"victim forward failed: {type(e).__name__}: {e}"))
             return
         t_end = time.perf_counter()
-        batch_id = len(self._batches)
+        batch_id, self._served = self._served, self._served + 1
         self._batches.append((len(x), fwd_ms, def_ms))
         lo = 0
         for r in batch:
