@@ -21,18 +21,19 @@ def start(ray, victim, defense=None, **service):
     from orchestrator.service import VictimSpec, service_actor
 
     spec = VictimSpec("lenet5", SHAPE, 10, config=victim.config)
-    actor = service_actor(spec, ray.put(victim.model.state_dict()), defense,
-                          ServiceConfig(max_batch=512, max_wait_ms=2.0, num_cpus=0.5, **service))
+    actor, owner = service_actor(spec, ray.put(victim.model.state_dict()), defense,
+                                 ServiceConfig(max_batch=512, max_wait_ms=2.0, num_cpus=0.5, **service))
     ray.get(actor.ready.remote())
-    return actor
+    return actor, owner
 
 
 @pytest.fixture(scope="module")
 def explaining(ray_session, digits_victim):
     from workloads.defenses import DefenseConfig
 
-    actor = start(ray_session, digits_victim, DefenseConfig("reverse_sigmoid", {"beta": 1.0}), explanations=True)
-    yield actor
+    actor, owner = start(ray_session, digits_victim, DefenseConfig("reverse_sigmoid", {"beta": 1.0}),
+                         explanations=True)
+    yield actor, owner
     ray_session.kill(actor)
 
 
@@ -43,7 +44,9 @@ def attackers(ray_session):
     owned = []
 
     def make(service, prefix, n, budget, query_batch=24):
-        workers, ids, budgets = spawn_attackers(service, prefix, n, budget, query_batch=query_batch, num_cpus=0.25)
+        service, owner = service
+        workers, ids, budgets = spawn_attackers(service, owner, prefix, n, budget, query_batch=query_batch,
+                                                num_cpus=0.25)
         owned.extend(workers)
         return RayQueryClient(workers, budgets), ids
 
@@ -58,6 +61,7 @@ def test_explain_matches_autograd_and_charges_true_cost(ray_session, explaining,
 
     ray = ray_session
     client, ids = attackers(explaining, "ex", 2, 10_000)
+    explaining, owner = explaining
     x = digits_victim.data.x_test[:40].numpy()
     model = digits_victim.model.eval()
     probs, full = client.explain(x, ExplainRequest("full_jacobian"))
@@ -73,9 +77,9 @@ def test_explain_matches_autograd_and_charges_true_cost(ray_session, explaining,
     client.explain(x, ExplainRequest("top1", "smoothgrad", samples=5))
     expected_used = 40 * 10 + 40 + 40 + 40 * 5
     assert client.used == expected_used
-    ledger = ray.get(explaining.ledger.remote())
+    ledger = ray.get(explaining.ledger.remote(owner))
     assert sum(ledger[c]["images"] for c in ids) == expected_used
-    rows = [r for r in ray.get(explaining.request_log.remote()) if r["client"] in ids]
+    rows = [r for r in ray.get(explaining.request_log.remote(owner)) if r["client"] in ids]
     assert {r["request"] for r in rows} == {"query", "explain"}
     assert sum(r["images"] for r in rows if r["request"] == "explain") == expected_used - 40
     assert sorted({r["images"] // r["inputs"] for r in rows if r["request"] == "explain"}) == [1, 5, 10]
@@ -85,34 +89,35 @@ def test_explanations_are_off_unless_enabled(ray_session, digits_victim):
     from orchestrator.service import InvalidQuery
 
     ray = ray_session
-    actor = start(ray, digits_victim)
+    actor, owner = start(ray, digits_victim)
     try:
-        ray.get(actor.register.remote("c", 100))
+        key = ray.get(actor.register.remote(owner, "c", 100))
         x = digits_victim.data.x_test[:2].numpy()
         with pytest.raises(Exception) as err:
-            ray.get(actor.explain.remote("c", x))
+            ray.get(actor.explain.remote(key, x))
         assert isinstance(err.value.cause, InvalidQuery)
         assert "service.explanations" in cause_message(err.value)
-        assert ray.get(actor.ledger.remote())["c"]["images"] == 0
+        assert ray.get(actor.ledger.remote(owner))["c"]["images"] == 0
     finally:
         ray.kill(actor)
 
 
 def test_bad_explain_requests_and_budget(ray_session, explaining, digits_victim):
     ray = ray_session
-    ray.get(explaining.register.remote("bad", 25))
+    explaining, owner = explaining
+    key = ray.get(explaining.register.remote(owner, "bad", 25))
     x = digits_victim.data.x_test[:3].numpy()
     for kwargs, field in (({"mode": "jacobian"}, "mode: unknown value 'jacobian'"),
                           ({"mode": "vjp"}, "weights: mode 'vjp' needs"),
                           ({"mode": "vjp", "weights": np.zeros((3, 9))}, "weights: expected shape (3, 10)"),
                           ({"explainer": "smoothgrad", "samples": 0}, "samples: expected >= 1")):
         with pytest.raises(Exception) as err:
-            ray.get(explaining.explain.remote("bad", x, **kwargs))
+            ray.get(explaining.explain.remote(key, x, **kwargs))
         assert field in cause_message(err.value)
     with pytest.raises(Exception) as err:      # 3 images x 10 classes = 30 evaluations > 25
-        ray.get(explaining.explain.remote("bad", x, mode="full_jacobian"))
+        ray.get(explaining.explain.remote(key, x, mode="full_jacobian"))
     assert "30 evaluations" in cause_message(err.value)
-    ledger = ray.get(explaining.ledger.remote())["bad"]
+    ledger = ray.get(explaining.ledger.remote(owner))["bad"]
     assert ledger["images"] == 0 and ledger["rejected"] == 4 and ledger["refused"] == 1
 
 
@@ -126,7 +131,7 @@ def test_attack_through_ray_charges_exactly_the_budget(ray_session, explaining, 
     cfg = AttackConfig(name=name, budget=budget, params=dict(TINY, **params))
     client, ids = attackers(explaining, f"{name}-{params.get('explainer', '')}", 2, budget)
     steal(cfg, client, None, VictimInfo(SHAPE, 10, "lenet5"))
-    ledger = ray_session.get(explaining.ledger.remote())
+    ledger = ray_session.get(explaining[0].ledger.remote(explaining[1]))
     assert sum(ledger[c]["images"] for c in ids) == client.used == budget
 
 
@@ -155,9 +160,9 @@ def test_defense_applies_to_the_generators_zeroth_order_queries(ray_session, att
     from workloads.defenses.dcp import confidence_gated_reverse_sigmoid
 
     ray = ray_session
-    actor = start(ray, digits_victim, DefenseConfig("dcp", {"beta": 1.2}))
+    actor, owner = start(ray, digits_victim, DefenseConfig("dcp", {"beta": 1.2}))
     try:
-        client, _ = attackers(actor, "dcp", 2, 300)
+        client, _ = attackers((actor, owner), "dcp", 2, 300)
         recorder = Recorder(client)
         steal(AttackConfig(name="dfme", budget=300, params=TINY), recorder, None, VictimInfo(SHAPE, 10, "lenet5"))
         zo_calls = [(x, a) for x, a in recorder.calls if len(x) == 16 * 2]     # generator steps: B (m + 1)

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from workloads.config import ConfigError, check_choice, parse, positive
-from workloads.data import SURROGATE_KINDS
+from workloads.data import LOADERS, SURROGATE_KINDS
 from workloads.explanations import ExplainRequest, add_noise, check_weights, explain
 from workloads.training import TrainConfig
 
@@ -112,6 +112,8 @@ class SurrogateConfig:
         check_choice("kind", self.kind, SURROGATE_KINDS)
         if self.kind == "dataset" and not self.name:
             raise ConfigError("name: required when kind is 'dataset'")
+        if self.kind == "dataset":
+            check_choice("name", self.name, LOADERS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +138,9 @@ class AttackConfig:
         check_choice("name", self.name, REGISTRY)
         positive("budget", self.budget)
         positive("workers", self.workers)
+        if self.workers > self.budget:
+            raise ConfigError(f"workers: {self.workers} workers for a budget of {self.budget} images leaves some "
+                              f"with nothing to send; at most {self.budget}")
         positive("query_batch", self.query_batch)
         positive("seed", self.seed, 0)
         for i, c in enumerate(self.checkpoints):
@@ -158,11 +163,12 @@ class AttackConfig:
 
 @dataclasses.dataclass
 class VictimInfo:
-    """What an attacker knows about the victim's interface (public: input shape and classes)."""
+    """What an attacker knows about the victim's interface (public: input shape, classes, input range)."""
 
     shape: tuple[int, int, int]
     num_classes: int
     arch: str
+    input_range: tuple[float, float] = (0.0, 1.0)   # the service rejects queries with any pixel outside it
 
 
 Checkpoint = Callable[[int, nn.Module], None]
