@@ -311,7 +311,7 @@ class SweepConfig:
             raise ConfigError(errors)
         first = self.spaces[0]
         TrialConfig(self.victim, DefenseConfig(first.name, first.example()), self.attacks, self.service,
-                    self.workers, self.benign, self.cache_dir, self.repeats, self.ownership)
+                    self.workers, self.benign, self.cache_dir, self.repeats, ownership=self.ownership)
 
     # -- derived views
     @property
