@@ -10,6 +10,7 @@ import dataclasses
 from workloads.attacks import AttackConfig
 from workloads.config import ConfigError, above, parse, positive
 from workloads.defenses import DefenseConfig
+from workloads.ownership import OwnershipConfig
 from workloads.victims import VictimConfig
 
 
@@ -71,6 +72,7 @@ class TrialConfig:
     repeats: int = 1               # each attack runs this many times (seeds seed, seed+1, ...); metrics are means ± sd
     timeout_s: float = 3600.0      # the longest the trial waits for any one remote step (service start, a query
                                    # call, the benign pass, a ledger read) before it fails naming that step
+    ownership: OwnershipConfig = OwnershipConfig()   # robust accuracy and watermark verification settings
 
     def __post_init__(self):
         positive("repeats", self.repeats)

@@ -43,6 +43,7 @@ import workloads.defenses as output_defenses
 import workloads.hardening as hardening_recipes
 from workloads.defenses import DefenseConfig
 from workloads.hardening import HardeningConfig
+from workloads.ownership import OwnershipConfig, metric_names as ownership_metrics
 from workloads.victims import DEFAULT_CACHE, VictimConfig
 
 DEFAULT_STORAGE = "heist_runs"          # under the working directory unless HEIST_STORAGE or `storage:` say otherwise
@@ -63,7 +64,9 @@ SPREAD_METRICS = ("stolen_accuracy", "fidelity", "agreement", "relative_accuracy
 BOUNDS = {"victim_accuracy": (0.0, 1.0), "defended_accuracy": (0.0, 1.0), "stolen_accuracy": (0.0, 1.0),
           "fidelity": (0.0, 1.0), "agreement": (0.0, 1.0), "relative_accuracy": (0.0, 1.0),
           "robust_accuracy": (0.0, 1.0), "wm_accuracy_victim": (0.0, 1.0), "perturbation_l1": (0.0, 2.0),
-          "perturbation_l1_attacker": (0.0, 2.0)}
+          "perturbation_l1_attacker": (0.0, 2.0), "wm_accuracy": (0.0, 1.0), "wm_pvalue": (0.0, 1.0),
+          "wm_verified": (0.0, 1.0), "wm_verification_rate": (0.0, 1.0), "wm_fpr": (0.0, 1.0),
+          "wm_fpr_binomial": (0.0, 1.0), "removal_accuracy": (0.0, 1.0)}
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 MAX_GRID = 100_000                      # points a grid sweep may enumerate
 SEED_MAX = 2**32 - 1                    # Optuna's samplers seed numpy's RandomState
@@ -378,6 +381,7 @@ class SweepConfig:
     trial_resources: WorkerResources = WorkerResources(num_cpus=0.5)   # the trial process: substitute training
     cache_dir: str | None = None                           # victim cache; default ~/.cache/heist/victims
     repeats: int = 1                                       # attack runs per trial (independent seeds): mean ± sd
+    ownership: OwnershipConfig = OwnershipConfig()         # robust accuracy, watermark verification and removal
     objectives: list[Objective] = dataclasses.field(default_factory=lambda: [
         Objective("defended_accuracy", "max"), Objective("stolen_accuracy", "min")])
     reference_point: dict[str, float] = dataclasses.field(default_factory=dict)
@@ -404,7 +408,7 @@ class SweepConfig:
             raise ConfigError(errors)
         first = self.spaces[0]
         TrialConfig(self.victim.at(), DefenseConfig(first.name, first.example()), self.attacks, self.service,
-                    self.workers, self.benign, self.cache_dir, self.repeats)
+                    self.workers, self.benign, self.cache_dir, self.repeats, ownership=self.ownership)
 
     # -- derived views
     @property
@@ -452,7 +456,8 @@ class SweepConfig:
         recipe is searched, replaces `victim.hardening` with its point: `trial_data`)."""
         return {"victim": to_dict(self.victim.at()), "attacks": [to_dict(a) for a in self.attacks],
                 "service": to_dict(self.service), "workers": to_dict(self.workers),
-                "benign": to_dict(self.benign), "cache_dir": self.cache_dir, "repeats": self.repeats}
+                "benign": to_dict(self.benign), "cache_dir": self.cache_dir, "repeats": self.repeats,
+                "ownership": to_dict(self.ownership)}
 
     def optuna_points(self) -> list[dict]:
         """search.points_to_evaluate under the Optuna parameter names SearchSpace uses."""
@@ -468,7 +473,8 @@ class SweepConfig:
     # -- checks
     def _check_objectives(self) -> list[str]:
         pow = POW_METRICS if any(sp.name == "pow" for sp in self.spaces) else ()
-        errors, known, seen = [], metric_names(self.attacks, self.repeats, pow), []
+        extra = ownership_metrics(self.victim.hardening, [a.key for a in self.attacks], self.repeats, self.ownership)
+        errors, known, seen = [], metric_names(self.attacks, self.repeats, (*pow, *extra)), []
         if not self.objectives:
             errors.append("objectives: expected at least one objective")
         for i, o in enumerate(self.objectives):

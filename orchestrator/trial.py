@@ -171,7 +171,7 @@ def aggregate(runs: list[dict], keys: list[str], victim_accuracy: float) -> dict
     out: dict[str, float] = {}
     for key in keys:
         mine = [r for r in runs if r["attack"] == key]
-        for name in RUN_METRICS + ("perturbation_l1", "queries"):
+        for name in [k for k in mine[0] if k not in ("attack", "repeat", "seed")]:   # + the ownership ones
             mean, std = _mean_std([r[name] for r in mine])
             out[f"{name}/{key}"] = mean
             if std is not None and name != "queries":
@@ -208,6 +208,7 @@ def _run_trial(cfg: TrialConfig, ledger_dir: Path) -> TrialResult:
     import torch
 
     from workloads import metrics as M
+    from workloads import ownership
     from workloads.attacks import VictimInfo, steal
     from workloads.data import surrogate_pool
     from workloads.training import predict_proba
@@ -257,6 +258,7 @@ def _run_trial(cfg: TrialConfig, ledger_dir: Path) -> TrialResult:
             "perturbation_l1": M.perturbation_l1(defended, clean),
         }
         metrics.update({f"victim_training/{k}": float(v) for k, v in victim.training.items()})
+        metrics |= ownership.victim_metrics(victim, cfg.ownership, cfg.cache_dir)
         info["benign_latency_ms_mean"] = float(np.mean(latencies)) if latencies else 0.0
         evaluate = _Evaluation(data.x_test, data.y_test, clean, defended)
 
@@ -286,10 +288,12 @@ def _run_trial(cfg: TrialConfig, ledger_dir: Path) -> TrialResult:
                 images = sum(ledger[cid]["images"] for cid in ids)
                 runs.append({"attack": key, "repeat": repeat, "seed": run.seed, "queries": float(images),
                              "perturbation_l1": sum(ledger[cid]["l1"] for cid in ids) / max(images, 1),
-                             **evaluate(substitute)})
+                             **evaluate(substitute),
+                             **ownership.suspect_metrics(victim, substitute, cfg.ownership, cfg.cache_dir)})
 
         step = "reading the service's ledger and stats"
         metrics.update(aggregate(runs, [a.key for a in cfg.attacks], metrics["victim_accuracy"]))
+        metrics |= ownership.summary(metrics)
         ledger = wait_for(service.ledger.remote(owner), "the service's ledger", timeout)
         metrics["perturbation_l1_attacker"] = (sum(ledger[c]["l1"] for c in attackers)
                                                / max(1, sum(ledger[c]["images"] for c in attackers)))

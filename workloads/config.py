@@ -134,10 +134,17 @@ def _coerce(tp, value, path: str, errors: list[str]):
     return value
 
 
-def _explicit(default) -> dict:
+DISCRIMINATORS = ("kind", "name")    # a mapping that changes one of these describes another thing: no merge
+
+
+def _explicit(default, value: dict) -> dict:
     """The fields a default instance sets away from its class's own defaults, e.g. {epochs: 30, batch_size: 64,
     lr: 0.002} for TrainConfig(epochs=30, batch_size=64, lr=2e-3): what a partial mapping for it keeps.
-    (Fields that the class's __post_init__ derives, such as a sampler chosen from the algorithm, stay derived.)"""
+    (Fields that the class's __post_init__ derives, such as a sampler chosen from the algorithm, stay derived.)
+    Nothing is kept when the mapping changes a discriminator (`kind`, `name`): `ood: {kind: noise}` is noise,
+    not the default dataset source with its `name`."""
+    if any(k in value and hasattr(default, k) and getattr(default, k) != value[k] for k in DISCRIMINATORS):
+        return {}
     fields = [f.name for f in dataclasses.fields(default) if f.init]
     try:
         plain = type(default)()
@@ -165,7 +172,7 @@ def _build(cls, data: dict, path: str, errors: list[str], base: dict | None = No
         if name in data:
             value = data[name]
             if dataclasses.is_dataclass(default) and not isinstance(default, type) and isinstance(value, dict):
-                kwargs[name] = _build(type(default), value, f"{prefix}{name}", errors, base=_explicit(default))
+                kwargs[name] = _build(type(default), value, f"{prefix}{name}", errors, base=_explicit(default, value))
             else:
                 kwargs[name] = _coerce(hints[name], value, f"{prefix}{name}", errors)
         elif name in base:

@@ -1,4 +1,5 @@
-"""Datasets by name, split three ways: the victim's train set, a disjoint attacker pool, the test set.
+"""Datasets by name, split three ways: the victim's train set, a disjoint attacker pool, the test set —
+plus an optional held-out split (watermark sources) that none of the three contains.
 
 Images are float32 tensors in [0, 1], shape (N, C, H, W); labels int64. `digits` is scikit-learn's
 bundled 8x8 handwritten digits (no download); `fashion_mnist` reads the standard IDX files from a data
@@ -25,7 +26,8 @@ DEFAULT_ROOT = Path(os.environ.get("HEIST_DATA_ROOT", "~/.cache/heist/data")).ex
 
 @dataclasses.dataclass
 class Dataset:
-    """A dataset with the victim's train split, an attacker pool disjoint from it, and a test split."""
+    """A dataset with the victim's train split, an attacker pool disjoint from it, a test split, and a held-out
+    split disjoint from all three (empty unless asked for; the watermark recipes draw their sources from it)."""
 
     name: str
     x_train: torch.Tensor
@@ -35,6 +37,8 @@ class Dataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int
+    x_holdout: torch.Tensor | None = None
+    y_holdout: torch.Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -117,14 +121,18 @@ LOADERS = {
 
 
 def load_dataset(name: str, *, seed: int = 0, pool_fraction: float = 0.5, test_fraction: float = 0.2,
-                 data_root: str | os.PathLike | None = None) -> Dataset:
+                 data_root: str | os.PathLike | None = None, holdout: int = 0, holdout_seed: int = 0) -> Dataset:
     """Load `name` and split it: the pool is `pool_fraction` of the training images, drawn by `seed`.
 
     Datasets without a standard test split (digits) first hold out `test_fraction` as the test set.
+    `holdout` training images, drawn by `holdout_seed`, are then set aside before the pool/train split;
+    with `holdout=0` every split is exactly what it was without the option.
     """
     check_choice("dataset", name, LOADERS)
     if not 0.0 <= pool_fraction < 1.0:
         raise ConfigError(f"pool_fraction: expected a value in [0, 1), got {pool_fraction!r}")
+    if holdout < 0:
+        raise ConfigError(f"holdout: expected >= 0 images, got {holdout!r}")
     root = Path(data_root).expanduser() if data_root else DEFAULT_ROOT
     x, y, x_test, y_test, k = LOADERS[name](root)
     gen = torch.Generator().manual_seed(seed)
@@ -133,10 +141,16 @@ def load_dataset(name: str, *, seed: int = 0, pool_fraction: float = 0.5, test_f
         n_test = int(round(test_fraction * len(x)))
         x_test, y_test = x[perm[:n_test]], y[perm[:n_test]]
         x, y = x[perm[n_test:]], y[perm[n_test:]]
+    if holdout >= len(x):
+        raise ConfigError(f"holdout: {holdout} images leave none of the {len(x)} training images of {name}")
+    held = torch.randperm(len(x), generator=torch.Generator().manual_seed(holdout_seed))[:holdout]
+    rest = torch.ones(len(x), dtype=torch.bool)
+    rest[held] = False
+    x_holdout, y_holdout, x, y = x[held], y[held], x[rest], y[rest]
     perm = torch.randperm(len(x), generator=gen)
     n_pool = int(round(pool_fraction * len(x)))
     pool, train = perm[:n_pool], perm[n_pool:]
-    return Dataset(name, x[train], y[train], x[pool], y[pool], x_test, y_test, k)
+    return Dataset(name, x[train], y[train], x[pool], y[pool], x_test, y_test, k, x_holdout, y_holdout)
 
 
 def to_shape(x: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Classifier architectures by name: LeNet-5 style CNN (1x28x28 and 1x8x8 inputs) and ResNet-18 (CIFAR variant).
+"""Classifier architectures by name: LeNet-5 style CNN (1x28x28 and 1x8x8 inputs), ResNet-18 (CIFAR variant),
+and a two-hidden-layer MLP (a thief's own architecture when it does not know the victim's).
 
 Every model exposes `features(x)` (penultimate activations) and `head` (the last Linear layer), which
 last-layer defenses such as MAD (Orekondy et al., ICLR 2020) use.
@@ -27,6 +28,23 @@ class LeNet5(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         x = F.max_pool2d(F.relu(self.conv1(x)), 2)
         x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return F.relu(self.fc2(F.relu(self.fc1(x.flatten(1)))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class MLP(nn.Module):
+    """Flatten, two ReLU hidden layers (512, 256), linear head."""
+
+    def __init__(self, in_shape: tuple[int, int, int], num_classes: int):
+        super().__init__()
+        c, h, w = in_shape
+        self.fc1 = nn.Linear(c * h * w, 512)
+        self.fc2 = nn.Linear(512, 256)
+        self.head = nn.Linear(256, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.fc2(F.relu(self.fc1(x.flatten(1)))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,7 +87,7 @@ class ResNet18(nn.Module):
         return self.head(self.features(x))
 
 
-MODELS = {"lenet5": LeNet5, "resnet18": ResNet18}
+MODELS = {"lenet5": LeNet5, "resnet18": ResNet18, "mlp": MLP}
 
 
 def build_model(arch: str, in_shape: tuple[int, int, int], num_classes: int, seed: int | None = None) -> nn.Module:

@@ -11,6 +11,7 @@ import hashlib
 
 ROLES = (
     "data/split",            # which images form the victim's train / attacker pool / test splits
+    "data/holdout",          # which training images are held out (watermark sources)
     "victim/init",           # victim initial weights
     "victim/train",          # victim mini-batch order (and any training-time sampling)
     "substitute/init",       # the thief's initial weights
@@ -24,6 +25,7 @@ ROLES = (
     "hardening/surrogate",   # training-time defenses' surrogates (InI's frozen student)
     "hardening/data",        # training-time defenses' own sampling (OOD batches, watermark sets)
     "pow/calibration",       # the benign reference client's random query order (calibrated proof of work)
+    "ownership/null",        # the independent clean models that set the watermark verification threshold
 )
 
 

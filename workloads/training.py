@@ -49,11 +49,7 @@ def fit(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, cfg: TrainConf
 
 def _train(model, x, targets, cfg: TrainConfig, gen: torch.Generator, device) -> nn.Module:
     model.to(device).train()
-    params = model.parameters()
-    opt = (torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "adam"
-           else torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay))
-    steps = cfg.epochs * max(1, -(-len(x) // cfg.batch_size))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if cfg.schedule == "cosine" else None
+    opt, sched = optimizer_for(model, cfg, len(x))
     soft = targets.ndim == 2
     for _ in range(cfg.epochs):
         for idx in torch.randperm(len(x), generator=gen).split(cfg.batch_size):
@@ -66,6 +62,15 @@ def _train(model, x, targets, cfg: TrainConfig, gen: torch.Generator, device) ->
             if sched:
                 sched.step()
     return model.eval()
+
+
+def optimizer_for(model: nn.Module, cfg: TrainConfig, n: int):
+    """The optimizer and (optional) per-step LR schedule `cfg` asks for, for `cfg.epochs` passes over n images."""
+    params = model.parameters()
+    opt = (torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "adam"
+           else torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay))
+    steps = cfg.epochs * max(1, -(-n // cfg.batch_size))
+    return opt, (torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if cfg.schedule == "cosine" else None)
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -40,6 +40,7 @@ class VictimConfig:
     hardening: HardeningConfig = HardeningConfig()
     pool_fraction: float = 0.5
     test_fraction: float = 0.2
+    holdout: int = 0                     # training images set aside, in no split (watermark sources)
     data_root: str | None = None
 
     def __post_init__(self):
@@ -50,15 +51,20 @@ class VictimConfig:
         check_choice("dataset", self.dataset, LOADERS)
         check_choice("arch", self.arch, MODELS)
         positive("seed", self.seed, 0)
+        positive("holdout", self.holdout, 0)
+        if isinstance(self.hardening, HardeningConfig):     # a sweep's search space checks each point it builds
+            self.hardening.check_holdout(self.holdout)
 
     def load_data(self) -> Dataset:
         return load_dataset(self.dataset, seed=derive_seed("data/split", self.seed), pool_fraction=self.pool_fraction,
-                            test_fraction=self.test_fraction, data_root=self.data_root)
+                            test_fraction=self.test_fraction, data_root=self.data_root, holdout=self.holdout,
+                            holdout_seed=derive_seed("data/holdout", self.seed))
 
     @property
     def key(self) -> str:
-        """Content hash identifying this victim in the cache."""
-        spec = {k: v for k, v in dataclasses.asdict(self).items() if k != "data_root"}
+        """Content hash identifying this victim in the cache (`holdout: 0` hashes as before the field existed)."""
+        spec = {k: v for k, v in dataclasses.asdict(self).items()
+                if k != "data_root" and not (k == "holdout" and v == 0)}
         spec["hardening"] = self.hardening.resolved()
         spec["recipe_version"] = RECIPE_VERSION
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]

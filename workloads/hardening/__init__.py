@@ -37,6 +37,13 @@ class HardeningConfig:
         check_choice("name", self.name, REGISTRY)
         parse(REGISTRY[self.name][0], self.params, "params")
 
+    def check_holdout(self, holdout: int) -> None:
+        """ConfigError when the recipe draws more held-out images than `victim.holdout` sets aside (a recipe's
+        Params declare `check_holdout(holdout)` when they use the held-out split)."""
+        params = parse(REGISTRY[self.name][0], self.params, "params")
+        if hasattr(params, "check_holdout"):
+            params.check_holdout(holdout, "hardening.params")
+
     def resolved(self) -> dict:
         """Name and every parameter with defaults filled in (what the victim cache key hashes)."""
         return {"name": self.name, "params": dataclasses.asdict(parse(REGISTRY[self.name][0], self.params))}
