@@ -127,6 +127,17 @@ def _curve_recorder(checkpoints: list[int], evaluate: _Evaluation, rows: list[di
     return checkpoint
 
 
+def _check_pool(index: int, attack, pool_size: int) -> None:
+    """The attack's pool-size checks, with the error naming `attacks[index].<field>`."""
+    from workloads.attacks import check_pool
+    from workloads.config import ConfigError
+
+    try:
+        check_pool(attack, pool_size)
+    except ConfigError as e:
+        raise ConfigError([f"attacks[{index}].{m}" for m in e.errors]) from None
+
+
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
     """Mean and sample standard deviation (None for a single value)."""
     v = np.asarray(values, dtype=np.float64)
@@ -167,7 +178,7 @@ def run_trial(cfg: TrialConfig) -> TrialResult:
 
     from workloads import metrics as M
     from workloads.attacks import VictimInfo, steal
-    from workloads.data import surrogate_pool
+    from workloads.data import labelled_surrogate_pool
     from workloads.training import predict_proba
     from workloads.victims import load_or_train
 
@@ -177,6 +188,14 @@ def run_trial(cfg: TrialConfig) -> TrialResult:
     check_resources(cfg)
     victim = load_or_train(cfg.victim, cfg.cache_dir)
     data = victim.data
+
+    def pool_of(run):
+        s = run.surrogate
+        return labelled_surrogate_pool(s.kind, data, name=s.name, size=s.size, seed=run.seed,
+                                       data_root=cfg.victim.data_root)
+
+    for i, attack in enumerate(cfg.attacks):      # pool sizes do not depend on the seed: check before any actor
+        _check_pool(i, attack, len(pool_of(attack)[0]))
     owned: list = []           # every actor this trial created, killed in `finally`
     runs: list[dict] = []
     curves: list[dict] = []
@@ -213,15 +232,14 @@ def run_trial(cfg: TrialConfig) -> TrialResult:
             key = attack.key
             for repeat in range(cfg.repeats):
                 run = dataclasses.replace(attack, seed=attack.seed + repeat)
-                pool = surrogate_pool(run.surrogate.kind, data, name=run.surrogate.name, size=run.surrogate.size,
-                                      seed=run.seed, data_root=cfg.victim.data_root)
+                pool, pool_labels = pool_of(run)
                 workers, ids, budgets = spawn_attackers(
                     service, f"{key}/r{repeat}", run.workers, run.budget, query_batch=run.query_batch,
                     num_cpus=cfg.workers.num_cpus, num_gpus=cfg.workers.num_gpus)
                 owned.extend(workers)
                 kinds.update({cid: ("attacker", key, repeat) for cid in ids})
                 checkpoint = _curve_recorder(run.checkpoints, evaluate, curves, key, repeat) if run.checkpoints else None
-                substitute = steal(run, RayQueryClient(workers, budgets), pool, vinfo, checkpoint)
+                substitute = steal(run, RayQueryClient(workers, budgets), pool, vinfo, checkpoint, pool_labels)
                 _kill([owned.pop() for _ in workers])
                 ledger = ray.get(service.ledger.remote())
                 images = sum(ledger[cid]["images"] for cid in ids)
