@@ -25,7 +25,8 @@ def test_query_attacks_split_each_round_over_two_workers_and_the_ledger_matches(
     from orchestrator.trial import run_trial
 
     data = {"victim": {"dataset": "digits"}, "cache_dir": victim_cache, "service": {"num_cpus": 0.5},
-            "attacks": [a | {"workers": 2, "query_batch": 16, "train": TRAIN, "checkpoints": [30, 90]} for a in ATTACKS]}
+            "attacks": [a | {"workers": 2, "query_batch": 16, "train": TRAIN, "checkpoints": [30, 90]}
+                        for a in ATTACKS]}
     result = run_trial(trial_config(data))
     for attack in trial_config(data).attacks:
         rows = [r for r in result.ledger if r["attack"] == attack.key]

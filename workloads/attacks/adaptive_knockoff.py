@@ -2,8 +2,8 @@
 
 A gradient bandit (Sutton & Barto, §2.8) over the classes of the attacker's labelled query set picks what to
 query: at each step it draws classes a ~ π = softmax(H), an unused image of each drawn class, queries them and
-updates H with each image's reward r: r̄ ← r̄ + (r − r̄)/t, H_a ← H_a + α(r − r̄)(1 − π_a), H_{a'} ← H_{a'} − α(r − r̄)π_{a'}
-(α = 1/N_a, the sample average ART uses, unless `bandit_lr` sets a constant). The classes are the pool's own
+updates H with each image's reward r: r̄ ← r̄ + (r − r̄)/t, H_a ← H_a + α(r − r̄)(1 − π_a),
+H_{a'} ← H_{a'} − α(r − r̄)π_{a'} (α = 1/N_a, the sample average ART uses, unless `bandit_lr` sets a constant). The classes are the pool's own
 labels (`surrogate.kind: split` — the attacker's labelled split — or `dataset`), never the victim's answers.
 Rewards, computed before the online substitute trains on the image:
   cert = y_(1) − y_(2) (margin of the victim's answer), div = Σ_k max(0, y_k − ȳ_k) (ȳ: mean of the answers
@@ -93,7 +93,8 @@ class Rewards:
             self.n += 1
             self.mean += (r - self.mean) / self.n
             self.var += ((r - self.mean) ** 2 - self.var) / self.n
-            out[i] = (np.clip(r, 0, 1) if self.n == 1 else (r - self.mean) / np.sqrt(np.maximum(self.var, VAR_FLOOR))).mean()
+            z = np.clip(r, 0, 1) if self.n == 1 else (r - self.mean) / np.sqrt(np.maximum(self.var, VAR_FLOOR))
+            out[i] = z.mean()
         return out
 
 

@@ -75,7 +75,8 @@ class CurveClient:
             c = self.pending.pop(0)
             x, y = self._first(c)
             arch = self.cfg.substitute_arch or self.victim.arch
-            self.checkpoint(c, train_on_answers(x, y, self.cfg.labels, arch, self.victim, self.cfg.train, self.cfg.seed))
+            fresh = train_on_answers(x, y, self.cfg.labels, arch, self.victim, self.cfg.train, self.cfg.seed)
+            self.checkpoint(c, fresh)
 
     def _first(self, c: int) -> tuple[torch.Tensor, np.ndarray]:
         """The first c answered images, each id once with its latest answer, in the order last answered."""
