@@ -3,7 +3,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench fashion-mnist
+FMNIST_FILE := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: install data test demo bench fashion-mnist
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -11,19 +13,30 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# Fashion-MNIST comes from Debian's dataset-fashion-mnist. As root it is installed here; otherwise the
+# tests that need it skip, and `make test` ends with a note naming the package.
+data:
+	@if [ ! -e $(FMNIST_FILE) ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist \
+	    || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist; } \
+	    || echo "make: could not install dataset-fashion-mnist; Fashion-MNIST tests will skip"; \
+	  else echo "make: not root: install Debian's dataset-fashion-mnist for the Fashion-MNIST runs and tests"; fi; \
+	fi
 
-test: $(STAMP)
+install: $(STAMP) data
+
+test: install
 	$(PY) -m pytest
 
-demo: $(STAMP)
+demo: install
 	$(VENV)/bin/heist run sweeps/quickstart.yaml
 
-bench: $(STAMP)
+bench: install
 	$(VENV)/bin/heist bench
 
 FMNIST := $(VENV)/bin/heist trial sweeps/trials/fashion_mnist_knockoff.yaml
-fashion-mnist: $(STAMP)
+fashion-mnist: install
 	mkdir -p heist_runs
 	$(FMNIST) --set defense.name=none --json heist_runs/fashion_mnist_none.json
 	$(FMNIST) --set defense.name=reverse_sigmoid --set defense.params.beta=1.0 --set defense.params.gamma=0.2 \

@@ -166,6 +166,14 @@ def main(args) -> int:
     """`heist bench [--dataset D] [--workers 1,4,8] [--batch 256] [--images N]`; prints the table."""
     from workloads.config import ConfigError
 
+    if getattr(args, "defenses", False):
+        from orchestrator.bench_defenses import defense_costs, format_rows as format_costs
+
+        dataset, batch = getattr(args, "dataset", "fashion_mnist"), getattr(args, "batch", 256)
+        print(f"heist bench --defenses: lenet5 on {dataset} test images (random weights), batch {batch}, "
+              f"1 torch thread, best of {getattr(args, 'repeats', None) or 5}")
+        print(format_costs(defense_costs(dataset, batch, getattr(args, "repeats", None) or 5)))
+        return 0
     try:
         workers = [int(w) for w in str(getattr(args, "workers", "1,4,8")).split(",") if w.strip()]
     except ValueError:

@@ -7,11 +7,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from orchestrator.errors import UserError
 from workloads.config import ConfigError
 
-
-class UserError(Exception):
-    """A problem with the user's input or environment, reported as one line."""
+__all__ = ["main", "UserError"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--in-flight", type=int, help="requests each worker keeps in flight")
     b.add_argument("--num-cpus", type=float, help="CPUs (and torch threads) of the service actor")
     b.add_argument("--repeats", type=int, help="runs per setting; the best is reported")
+    b.add_argument("--defenses", action="store_true",
+                   help="instead: each output defense's added cost per image at a fixed batch (--batch)")
 
     r = sub.add_parser("run", help="run a sweep: Tune + Optuna trials, MLflow runs, the Pareto frontier")
     r.add_argument("config", help="sweep YAML, e.g. sweeps/quickstart.yaml")

@@ -24,7 +24,7 @@ from ray import tune
 from ray.tune.result import AUTO_RESULT_KEYS, DEBUG_METRICS
 
 from orchestrator import ledger
-from orchestrator.cli import UserError
+from orchestrator.errors import UserError
 from orchestrator.config import trial_config
 from orchestrator.sweep_config import DEFAULT_STORAGE, SearchSpace, SweepConfig, as_data, bundles, from_dict, plan
 from orchestrator.tracking import Tracker, check_reachable, print_frontier

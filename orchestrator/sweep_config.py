@@ -36,7 +36,7 @@ from workloads.victims import DEFAULT_CACHE, VictimConfig
 DEFAULT_STORAGE = "heist_runs"          # under the working directory unless HEIST_STORAGE or `storage:` say otherwise
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
-# DESIGN.md's metric names: those every trial reports, and those reported per attack as `<name>/<attack key>`.
+# docs/DESIGN.md's metric names: those every trial reports, and those reported per attack as `<name>/<attack key>`.
 METRICS = ("victim_accuracy", "defended_accuracy", "perturbation_l1", "perturbation_l1_attacker",
            "defense_latency_us", "stolen_accuracy", "fidelity", "agreement", "relative_accuracy")
 PER_ATTACK_METRICS = ("stolen_accuracy", "fidelity", "agreement", "perturbation_l1", "queries")

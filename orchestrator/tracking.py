@@ -21,7 +21,7 @@ import pandas as pd
 import yaml
 
 from orchestrator import curves, pareto
-from orchestrator.cli import UserError
+from orchestrator.errors import UserError
 from orchestrator.sweep_config import SweepConfig, dump, from_dict
 
 TRIAL_TAG = "heist.trial_id"

@@ -30,7 +30,7 @@ RUN_METRICS = ("stolen_accuracy", "fidelity", "agreement")
 
 @dataclasses.dataclass
 class TrialResult:
-    """A trial's metrics (names as in DESIGN.md), its per-request query ledger, one row per attack run and the
+    """A trial's metrics (names as in docs/DESIGN.md), its per-request query ledger, one row per attack run and the
     budget curves.
 
     Each ledger row is one answered request: client, kind, seq, images, l1, queue_ms, compute_ms,
@@ -272,7 +272,7 @@ SWEEP_KEYS = ("search", "objectives", "reference_point", "tracking", "defenses",
 def trial_dict(raw) -> dict:
     """The trial config of a YAML document: a trial YAML as it is, or a sweep YAML's first point
     (its first defense, each hyperparameter at its first value or lower bound)."""
-    from orchestrator.cli import UserError
+    from orchestrator.errors import UserError
     from orchestrator.sweep_config import from_dict
 
     if not isinstance(raw, dict):
@@ -343,7 +343,7 @@ def main(args) -> int:
     """`heist trial CONFIG [--set k=v ...] [--json out.json]`."""
     import yaml
 
-    from orchestrator.cli import UserError
+    from orchestrator.errors import UserError
 
     path = Path(args.config)
     if not path.is_file():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -32,3 +33,24 @@ def digits_victim(victim_cache):
     from workloads.victims import VictimConfig, load_or_train
 
     return load_or_train(VictimConfig(), victim_cache)
+
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `fashion_mnist` skip, with a reason naming the package, where it is not installed."""
+    if FASHION_MNIST.exists():
+        return
+    skip = pytest.mark.skip(reason="needs Debian's package dataset-fashion-mnist, which is not installed "
+                                   "(`make install` installs it when run as root; else sudo apt-get install it)")
+    for item in items:
+        if item.get_closest_marker("fashion_mnist"):
+            item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter):
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "dataset-fashion-mnist" in str(r.longrepr)]
+    if skipped:
+        terminalreporter.write_line(f"NOTE: {len(skipped)} test(s) skipped because Debian's dataset-fashion-mnist is "
+                                    f"not installed; run as root: apt-get install dataset-fashion-mnist", yellow=True)

@@ -1,4 +1,4 @@
-"""Metrics with the names Heist logs everywhere (MLflow, Tune, Parquet); see DESIGN.md's metric table."""
+"""Metrics with the names Heist logs everywhere (MLflow, Tune, Parquet); see docs/DESIGN.md's metric table."""
 from __future__ import annotations
 
 import torch

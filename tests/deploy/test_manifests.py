@@ -31,19 +31,15 @@ def _docs(kind: str) -> list[tuple[Path, dict]]:
     return [(p, d) for p in YAML_FILES for d in _load_all(p) if isinstance(d, dict) and d.get("kind") == kind]
 
 
-def _readme_cluster_section() -> str:
-    text = (REPO / "README.md").read_text()
-    start = text.find("## Run on a cluster")
-    if start < 0:
-        return ""
-    end = text.find("\n## ", start + 1)
-    return text[start:end if end > 0 else None]
+def _deployment_guide() -> str:
+    """The cluster deployment guide (docs/deployment.md, linked from the README)."""
+    return (REPO / "docs" / "deployment.md").read_text()
 
 
 def _all_text() -> list[tuple[str, str]]:
     """(name, text) of every deploy file plus the README's cluster section."""
     return [(str(p.relative_to(REPO)), p.read_text()) for p in TEXT_FILES] + [
-        ("README.md#run-on-a-cluster", _readme_cluster_section())]
+        ("docs/deployment.md", _deployment_guide())]
 
 
 def _ray_version() -> str:
@@ -467,8 +463,8 @@ def test_ray_containers_point_at_the_mlflow_service_and_shared_cache():
 
 
 def test_readme_names_the_objects_the_manifests_create():
-    section = _readme_cluster_section()
-    assert section, "README.md has no '## Run on a cluster' section"
+    section = _deployment_guide()
+    assert section, "docs/deployment.md is empty"
     (_, cluster), = _docs("RayCluster")
     name = cluster["metadata"]["name"]
     assert f"svc/{name}-head-svc" in section, "port-forward the head service KubeRay creates (<name>-head-svc)"

@@ -26,3 +26,16 @@ def test_heist_bench_cli_prints_table(ray_session, capsys):
     out = capsys.readouterr().out
     assert "raw forward" in out and "service, 2 workers" in out and "ratio" in out
     assert cli.main(["bench", "--dataset", "imagenet", "--images", "64"]) == 2
+
+
+def test_defense_costs_time_every_defense_against_the_same_forward():
+    from orchestrator.bench_defenses import defense_costs
+    from workloads.defenses import REGISTRY
+
+    rows = defense_costs("digits", batch=64, repeats=1)
+    names = [r["defense"] for r in rows]
+    assert names[0].startswith("none") and set(REGISTRY) - {"none"} <= set(names)
+    assert "mad (per-sample loop)" in names
+    base = rows[0]["seconds"]
+    for r in rows[1:]:
+        assert r["ratio"] == r["seconds"] / base and r["us_per_image"] == (r["seconds"] - base) / 64 * 1e6

@@ -9,7 +9,8 @@ import pytest
 from mlflow import MlflowClient
 
 from orchestrator import ledger
-from orchestrator.cli import UserError, main
+from orchestrator.cli import main
+from orchestrator.errors import UserError
 from orchestrator.sweep_config import dump, from_dict
 from orchestrator.tracking import Tracker, check_reachable
 

@@ -22,6 +22,7 @@ def test_splits_are_fixed_by_seed():
     assert torch.equal(a.x_pool, b.x_pool) and not torch.equal(a.x_pool, c.x_pool)
 
 
+@pytest.mark.fashion_mnist
 def test_fashion_mnist_reads_the_debian_idx_files():
     d = load_dataset("fashion_mnist", pool_fraction=1 / 6)
     assert d.shape == (1, 28, 28)
@@ -39,6 +40,7 @@ def test_unknown_dataset_is_rejected_with_a_suggestion():
         load_dataset("mnis")
 
 
+@pytest.mark.fashion_mnist
 def test_surrogates_match_the_victim_shape():
     fm = load_dataset("fashion_mnist", pool_fraction=1 / 6)
     digits = surrogate_pool("dataset", fm, name="digits")
