@@ -107,9 +107,8 @@ def augment(model, x, labels, params, rnd: int, gen: torch.Generator, num_classe
     if isinstance(params, JBDAParams):
         sign = -1.0 if params.tau and (rnd // params.tau) % 2 else 1.0
         return (x + sign * params.step * jacobian_rows(model, x, labels, params.grad_batch).sign()).clamp(0, 1)
-    k = num_classes
-    offset = torch.randint(1, k, (len(x),), generator=gen)         # a uniformly random class other than Õ(x)
-    targets = (labels + offset) % k
+    offset = torch.randint(1, num_classes, (len(x),), generator=gen)     # a uniform random class other than Õ(x)
+    targets = (labels + offset) % num_classes
     step = params.step / params.fgsm_steps
     for _ in range(params.fgsm_steps):
         x = (x - step * loss_gradients(model, x, targets, params.grad_batch).sign()).clamp(0, 1)
