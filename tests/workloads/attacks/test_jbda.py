@@ -72,3 +72,22 @@ def test_bad_input_is_one_line_naming_the_field(run_attack):
         parse(AttackConfig, {"name": "jbda", "params": {"relabel": "some"}})
     with pytest.raises(ConfigError, match=r"^params.seed_size: 50 seed images exceed the attacker's pool \(40 images"):
         run_attack(name="jbda", budget=100, params={"seed_size": 50}, pool=torch.rand(40, 1, 8, 8))
+
+
+def test_jbda_steps_up_the_labels_logit_and_jbda_tr_toward_its_target():
+    from workloads.attacks.jbda import JBDAParams, JBDATRParams, augment
+
+    model = build_model("lenet5", (1, 8, 8), 10, seed=0).eval()
+    x = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.1
+    labels = model(x).argmax(1)
+    up = augment(model, x, labels, JBDAParams(step=0.05), 0, torch.Generator().manual_seed(0), 10)
+    gain = (model(up) - model(x)).gather(1, labels[:, None])
+    assert (gain > 0).float().mean() > 0.9
+    flipped = augment(model, x, labels, JBDAParams(step=0.05, tau=1), 1, torch.Generator().manual_seed(0), 10)
+    assert torch.allclose(flipped - x, -(up - x))                   # λ_1 = −λ with τ = 1
+    gen = torch.Generator().manual_seed(5)
+    moved = augment(model, x, labels, JBDATRParams(step=0.2, fgsm_steps=5), 0, gen, 10)
+    targets = (labels + torch.randint(1, 10, (64,), generator=torch.Generator().manual_seed(5))) % 10
+    assert (targets != labels).all()
+    p_before, p_after = model(x).softmax(1), model(moved).softmax(1)
+    assert (p_after.gather(1, targets[:, None]) > p_before.gather(1, targets[:, None])).float().mean() > 0.9
