@@ -1,13 +1,19 @@
 """Clients of the VictimService: attacker workers, the RayQueryClient an attack talks to, the benign client.
 
-* `AttackerWorker` (Ray actor): one registered client id with its own share of the attack's budget. It
-  streams its slice of the images to the service in client batches of `query_batch`, keeping at most
-  `max_in_flight` requests outstanding, and returns the answers in order.
+* `AttackerWorker` (Ray actor): one registered client (its client id and the key `register` returned) with
+  its own share of the attack's budget. It streams its slice of the images to the service in client batches
+  of `query_batch`, keeping at most `max_in_flight` requests outstanding, and returns the answers in order.
 * `RayQueryClient` implements `workloads.attacks.QueryClient`: `query(x)` splits x into contiguous
   slices sized by each worker's remaining budget, runs them on the workers concurrently and concatenates
-  the answers in order, so every image is answered exactly once and charged exactly once.
+  the answers in order, so every image is answered exactly once and charged exactly once. `explain(x,
+  request, weights)` does the same with the service's `explain`, each image charged request.cost(K).
 * `BenignClient` (Ray actor): streams the test set through the service as its own client and returns the
   defended posteriors plus per-batch latencies.
+
+Restarts: a worker killed mid-stream is restarted by Ray (`WORKER_RESTARTS`) and its call is retried; each
+call carries a stream number and each request its place in the stream, `(stream, i)`, so the service answers
+the requests it already answered from its record without charging them again: the call finishes with every
+image charged once. Every wait is bounded (`timeout_s`) and names what it waited for.
 
 This module imports only numpy and Ray at the top, so the worker processes stay light (no torch import).
 """
@@ -19,40 +25,51 @@ import time
 import numpy as np
 import ray
 
+from orchestrator.waits import wait_for
+
+WORKER_RESTARTS = 3          # times Ray restarts a dead worker (and retries its call) before the call fails
+DEFAULT_TIMEOUT_S = 3600.0
+
 
 class _Streamer:
-    """Sends images to the service as one client id, in batches, with a bounded number in flight."""
+    """Sends images to the service as one client, in batches, with a bounded number in flight."""
 
-    def __init__(self, service, client_id: str, batch: int, max_in_flight: int):
-        self.service, self.client_id = service, client_id
+    def __init__(self, service, client_id: str, key: str, batch: int, max_in_flight: int,
+                 timeout_s: float = DEFAULT_TIMEOUT_S):
+        self.service, self.client_id, self.key = service, client_id, key
         self.batch, self.max_in_flight = int(batch), max(1, int(max_in_flight))
-        self.images = self.requests = 0      # answered (= charged by the service)
+        self.timeout_s = float(timeout_s)
+        self.requests = 0      # requests answered by this incarnation of the worker
         self.seconds = 0.0
 
-    def _run(self, x: np.ndarray) -> tuple[np.ndarray, list[float]]:
+    def _run(self, x: np.ndarray, stream: int | None = None, send=None) -> tuple[np.ndarray, list[float]]:
         """Answers for x in order, and each request's latency (submit to answer, ms).
 
-        On an error the requests already in flight are still awaited and counted (the service charged
-        them), then the first error is raised.
+        `send(lo, hi, request_id)` submits x[lo:hi] and returns the reply's ref (default: a query). Tuple
+        replies (explanations) come back as a tuple of arrays. With a `stream` number the i-th request goes
+        out as request id (stream, i), so resending the same call (after a restart) is answered from the
+        service's record for what it already answered. On an error the requests already in flight are still
+        awaited (the service charges them), then the first error is raised.
         """
         pending: collections.deque = collections.deque()
         answers: list[np.ndarray] = []
         latencies: list[float] = []
         t_run = time.perf_counter()
+        send = send or (lambda lo, hi, request_id: self.service.query.remote(self.key, x[lo:hi], request_id))
 
         def collect_oldest():
-            ref, t, n = pending.popleft()
-            answers.append(self._answer(ray.get(ref)))
+            ref, t, i = pending.popleft()
+            reply = wait_for(ref, f"the service's answer to client {self.client_id!r}, request {i}", self.timeout_s)
+            answers.append(self._answer(reply))
             latencies.append((time.perf_counter() - t) * 1e3)
-            self.images += n
             self.requests += 1
 
         try:
-            for lo in range(0, len(x), self.batch):
+            for i, lo in enumerate(range(0, len(x), self.batch)):
                 while len(pending) >= self.max_in_flight:
                     collect_oldest()
-                xb = x[lo:lo + self.batch]
-                pending.append((self.service.query.remote(self.client_id, xb), time.perf_counter(), len(xb)))
+                request_id = None if stream is None else (stream, i)
+                pending.append((send(lo, min(lo + self.batch, len(x)), request_id), time.perf_counter(), i))
             while pending:
                 collect_oldest()
         except Exception:
@@ -66,31 +83,55 @@ class _Streamer:
             self.seconds += time.perf_counter() - t_run
         if not answers:
             return np.zeros((0, 0), np.float32), latencies
+        if isinstance(answers[0], tuple):
+            return tuple(np.concatenate(parts) for parts in zip(*answers)), latencies
         return np.concatenate(answers), latencies
 
     def _answer(self, reply) -> np.ndarray:
-        """Turn the service's reply into posteriors. With the OpenGate the reply is the answer itself; a
-        gate that answers with a challenge (proof of work) plugs its solve-and-redeem step in here."""
+        """Turn the service's reply into posteriors (or an explanation's (posteriors, explanations)). With
+        the OpenGate the reply is the answer itself; a gate that answers with a challenge (proof of work)
+        plugs its solve-and-redeem step in here."""
+        if isinstance(reply, tuple) and all(isinstance(r, np.ndarray) for r in reply):
+            return reply
         if not isinstance(reply, np.ndarray):
             raise TypeError(f"client {self.client_id!r}: the service replied with a {type(reply).__name__}, "
                             f"not posteriors (a gate challenge this client cannot answer)")
         return reply
 
     def stats(self) -> dict:
-        return {"client_id": self.client_id, "images": self.images, "requests": self.requests,
-                "seconds": self.seconds}
+        """images: answered and charged by the service for this client (its ledger, so a restart loses
+        nothing); requests and seconds: this incarnation's; restarted: whether Ray restarted this worker."""
+        usage = wait_for(self.service.usage.remote(self.key), f"the service's usage of client {self.client_id!r}",
+                         self.timeout_s)
+        return {"client_id": self.client_id, "images": usage["images"], "requests": self.requests,
+                "seconds": self.seconds, "restarted": ray.get_runtime_context().was_current_actor_reconstructed}
 
 
-@ray.remote
+@ray.remote(max_restarts=WORKER_RESTARTS, max_task_retries=WORKER_RESTARTS)
 class AttackerWorker(_Streamer):
-    """One attacker query stream, registered with the service as its own client id."""
+    """One attacker query stream, registered with the service as its own client."""
 
-    def __init__(self, service, client_id: str, query_batch: int = 256, max_in_flight: int = 4):
-        super().__init__(service, client_id, query_batch, max_in_flight)
+    def __init__(self, service, client_id: str, key: str, query_batch: int = 256, max_in_flight: int = 4,
+                 timeout_s: float = DEFAULT_TIMEOUT_S):
+        super().__init__(service, client_id, key, query_batch, max_in_flight, timeout_s)
 
-    def query(self, x: np.ndarray, lo: int = 0, hi: int | None = None) -> np.ndarray:
-        """Answers for x[lo:hi] (x may be a shared ObjectRef'd array; the slice is a view)."""
-        return self._run(x[lo:hi])[0]
+    def query(self, x: np.ndarray, lo: int = 0, hi: int | None = None, stream: int | None = None) -> np.ndarray:
+        """Answers for x[lo:hi] (x may be a shared ObjectRef'd array; the slice is a view). Give a `stream`
+        number (increasing from call to call) to make the call safe to retry."""
+        return self._run(x[lo:hi], stream)[0]
+
+    def explain(self, x: np.ndarray, lo: int, hi: int, weights: np.ndarray | None, request: dict,
+                stream: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Explanations for x[lo:hi] (`request`: ExplainRequest fields; weights[lo:hi] for mode vjp), each
+        image charged the request's cost in victim evaluations; `stream` as for `query`."""
+        x = x[lo:hi]
+        w = None if weights is None else weights[lo:hi]
+        return self._run(x, stream, lambda a, b, request_id: self.service.explain.remote(
+            self.key, x[a:b], weights=None if w is None else w[a:b], request_id=request_id, **request))[0]
+
+    def num_classes(self) -> int:
+        return int(wait_for(self.service.ready.remote(), "the victim service's interface (ready)",
+                            self.timeout_s)["num_classes"])
 
     def timed_query(self, x: np.ndarray, lo: int = 0, hi: int | None = None) -> tuple[float, float, int]:
         """Like `query`, but returns (start, end, images) wall-clock times instead of answers (benchmarks)."""
@@ -99,16 +140,17 @@ class AttackerWorker(_Streamer):
         return t0, time.time(), len(out)
 
 
-@ray.remote
+@ray.remote(max_restarts=WORKER_RESTARTS, max_task_retries=WORKER_RESTARTS)
 class BenignClient(_Streamer):
     """A legitimate user: streams a data set through the defended API, one batch at a time by default."""
 
-    def __init__(self, service, client_id: str = "benign", batch: int = 256, max_in_flight: int = 1):
-        super().__init__(service, client_id, batch, max_in_flight)
+    def __init__(self, service, client_id: str, key: str, batch: int = 256, max_in_flight: int = 1,
+                 timeout_s: float = DEFAULT_TIMEOUT_S):
+        super().__init__(service, client_id, key, batch, max_in_flight, timeout_s)
 
-    def run(self, x: np.ndarray) -> tuple[np.ndarray, list[float]]:
+    def run(self, x: np.ndarray, stream: int | None = None) -> tuple[np.ndarray, list[float]]:
         """Defended posteriors for x (in order) and per-request latencies in ms."""
-        return self._run(x)
+        return self._run(x, stream)
 
 
 def split_budget(budget: int, n: int) -> list[int]:
@@ -135,17 +177,20 @@ def allocate(n: int, remaining: list[int]) -> list[int]:
     return sizes
 
 
-def spawn_attackers(service, prefix: str, n: int, budget: int, *, query_batch: int = 256, max_in_flight: int = 4,
-                    num_cpus: float = 0.25, num_gpus: float = 0.0) -> tuple[list, list[str], list[int]]:
-    """Start up to `n` AttackerWorkers registered as `<prefix>/w<i>` with their share of `budget`.
+def spawn_attackers(service, owner: str, prefix: str, n: int, budget: int, *, query_batch: int = 256,
+                    max_in_flight: int = 4, num_cpus: float = 0.25, num_gpus: float = 0.0, tags: dict | None = None,
+                    timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[list, list[str], list[int]]:
+    """Register up to `n` attacker clients `<prefix>/w<i>` with their share of `budget` (with the service's
+    owner token; `tags` go into their request-log rows) and start one AttackerWorker per client with its key.
 
     Returns (workers, client_ids, budgets). The caller owns the actors (ray.kill them when done).
     """
     budgets = split_budget(budget, n)
     ids = [f"{prefix}/w{i}" for i in range(len(budgets))]
-    ray.get([service.register.remote(cid, b, "attacker") for cid, b in zip(ids, budgets)])
+    keys = wait_for([service.register.remote(owner, cid, b, "attacker", tags) for cid, b in zip(ids, budgets)],
+                    f"the service to register {len(ids)} attacker clients", timeout_s)
     workers = [AttackerWorker.options(num_cpus=num_cpus, num_gpus=num_gpus)
-               .remote(service, cid, query_batch, max_in_flight) for cid in ids]
+               .remote(service, cid, key, query_batch, max_in_flight, timeout_s) for cid, key in zip(ids, keys)]
     return workers, ids, budgets
 
 
@@ -153,14 +198,17 @@ class RayQueryClient:
     """A `workloads.attacks.QueryClient` over N AttackerWorkers: each `query(x)` is split across the workers
     (sized by their remaining budgets), run concurrently and reassembled in order."""
 
-    def __init__(self, workers: list, budgets: list[int]):
+    def __init__(self, workers: list, budgets: list[int], timeout_s: float = DEFAULT_TIMEOUT_S):
         if len(workers) != len(budgets) or not workers:
             raise ValueError("RayQueryClient needs one budget per worker and at least one worker")
+        self.timeout_s = float(timeout_s)
+        self.calls = 0          # each call is one stream number on every worker, so a retried call is idempotent
         self.workers = list(workers)
         self.shares = [int(b) for b in budgets]
         self.remaining = list(self.shares)
         self.budget = sum(self.shares)
         self.used = 0
+        self.num_classes: int | None = None
 
     def query(self, x) -> np.ndarray:
         from workloads.attacks import BudgetExceeded
@@ -174,13 +222,15 @@ class RayQueryClient:
             raise ValueError("query: expected at least one image, got 0")
         sizes = allocate(n, self.remaining)
         ref = ray.put(x)
+        stream, self.calls = self.calls, self.calls + 1
         calls, lo = [], 0
         for i, size in enumerate(sizes):
             if size:
-                calls.append((i, size, self.workers[i].query.remote(ref, lo, lo + size)))
+                calls.append((i, size, self.workers[i].query.remote(ref, lo, lo + size, stream)))
                 lo += size
         try:
-            answers = ray.get([c for _, _, c in calls])
+            answers = wait_for([c for _, _, c in calls], f"{len(calls)} attacker worker(s) to answer a query of "
+                                                         f"{n} images", self.timeout_s)
         except Exception:
             self._resync()
             raise
@@ -192,10 +242,52 @@ class RayQueryClient:
             raise RuntimeError(f"RayQueryClient: {len(out)} answers for {n} images")
         return out
 
+    def explain(self, x, request, weights=None) -> tuple[np.ndarray, np.ndarray]:
+        """(defended posteriors, explanations) for x, split across the workers; each image is charged
+        request.cost(K) victim evaluations (K asked once from the service)."""
+        import dataclasses
+
+        from workloads.attacks import BudgetExceeded
+
+        if self.num_classes is None:
+            self.num_classes = wait_for(self.workers[0].num_classes.remote(), "the number of classes", self.timeout_s)
+        per_image = request.cost(self.num_classes)
+        n = len(x)
+        if n == 0:
+            raise ValueError("explain: expected at least one image, got 0")
+        if self.used + n * per_image > self.budget:
+            raise BudgetExceeded(f"explanation of {n} images ({n * per_image} evaluations) exceeds budget "
+                                 f"({self.used}/{self.budget} used)")
+        fits = [r // per_image for r in self.remaining]
+        if n > sum(fits):
+            raise BudgetExceeded(f"explanation of {n} images at {per_image} evaluations each does not fit the "
+                                 f"workers' remaining budgets {self.remaining}")
+        sizes = allocate(n, fits)
+        ref = ray.put(np.ascontiguousarray(x, dtype=np.float32))
+        wref = None if weights is None else ray.put(np.asarray(weights, dtype=np.float32))
+        spec = dataclasses.asdict(request)
+        stream, self.calls = self.calls, self.calls + 1
+        calls, lo = [], 0
+        for i, size in enumerate(sizes):
+            if size:
+                calls.append((i, size, self.workers[i].explain.remote(ref, lo, lo + size, wref, spec, stream)))
+                lo += size
+        try:
+            answers = wait_for([c for _, _, c in calls], f"{len(calls)} attacker worker(s) to answer an explanation "
+                                                         f"of {n} images", self.timeout_s)
+        except Exception:
+            self._resync()
+            raise
+        for i, size, _ in calls:
+            self.remaining[i] -= size * per_image
+        self.used += n * per_image
+        return np.concatenate([a[0] for a in answers]), np.concatenate([a[1] for a in answers])
+
     def _resync(self) -> None:
         """After a failed query, recount from the workers what was actually answered (and charged)."""
         try:
-            answered = [s["images"] for s in ray.get([w.stats.remote() for w in self.workers])]
+            answered = [s["images"] for s in wait_for([w.stats.remote() for w in self.workers],
+                                                      "the attacker workers' stats", self.timeout_s)]
         except Exception:
             return
         self.remaining = [share - a for share, a in zip(self.shares, answered)]

@@ -91,8 +91,10 @@ def run_bench(dataset: str = "fashion_mnist", workers=(1, 4, 8), batch: int = 25
         raw = {b: raw_throughput(model, x, b, threads, max(1, repeats)) for b in raw_batches}
 
         cfg = ServiceConfig(max_batch=max_batch, forward_batch=forward_batch, max_wait_ms=max_wait_ms,
-                            max_request=max(batch, 4096), num_cpus=num_cpus, num_gpus=0.0)
-        service = service_actor(VictimSpec("lenet5", shape, 10), ray.put(model.state_dict()), DefenseConfig(), cfg)
+                            max_request=max(batch, 4096), max_queued=max(16384, batch * in_flight),
+                            num_cpus=num_cpus, num_gpus=0.0)
+        service, owner = service_actor(VictimSpec("lenet5", shape, 10), ray.put(model.state_dict()), DefenseConfig(),
+                                       cfg)
         owned.append(service)
         info = ray.get(service.ready.remote())
         free_cpus = ray.cluster_resources().get("CPU", 1.0) - num_cpus
@@ -103,7 +105,7 @@ def run_bench(dataset: str = "fashion_mnist", workers=(1, 4, 8), batch: int = 25
         for n in workers:
             share = [len(s) for s in np.array_split(np.arange(images), n)]
             bounds = np.cumsum([0] + share)
-            ws, ids, _ = spawn_attackers(service, f"bench-{n}-{len(service_rows)}", n,
+            ws, ids, _ = spawn_attackers(service, owner, f"bench-{n}-{len(service_rows)}", n,
                                          repeats * images + n * batch, query_batch=batch,
                                          max_in_flight=in_flight, num_cpus=worker_cpus)
             owned.extend(ws)
@@ -111,12 +113,12 @@ def run_bench(dataset: str = "fashion_mnist", workers=(1, 4, 8), batch: int = 25
             runs = []
             for _ in range(repeats):
                 raw_now = max(raw_throughput(model, x, b, threads, 1) for b in raw_batches)   # paired raw
-                log_from = len(ray.get(service.request_log.remote()))
+                log_from = len(ray.get(service.request_log.remote(owner)))
                 timed = ray.get([w.timed_query.remote(x_ref, int(lo), int(hi))
                                  for w, lo, hi in zip(ws, bounds[:-1], bounds[1:])])
                 span = max(end for _, end, _ in timed) - min(start for start, _, _ in timed)
                 sent = sum(k for _, _, k in timed)
-                log = ray.get(service.request_log.remote(log_from))
+                log = ray.get(service.request_log.remote(owner, log_from))
                 served = {r["batch"]: r["served_batch_images"] for r in log}
                 busy = {r["batch"]: r["compute_ms"] / 1e3 for r in log}
                 runs.append({"images": sent, "seconds": span, "images_per_s": sent / span,

@@ -1,11 +1,13 @@
 """The `heist` command line (also `python -m orchestrator`).
 
 User errors (a bad YAML, an unknown name, an unreachable server) print one line and exit 2; no traceback.
+Ctrl-C that reaches the command (not the one a sweep handles itself) prints one line and exits 130.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 
 from orchestrator.errors import UserError
 from workloads.config import ConfigError
@@ -43,10 +45,39 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("config", help="sweep YAML")
     s = sub.add_parser("resume", help="continue an interrupted sweep")
     s.add_argument("sweep", help="the sweep directory `heist run` printed, or a sweep name (its latest run)")
-    f = sub.add_parser("pareto", help="recompute and print a finished sweep's frontier from MLflow")
+    y = sub.add_parser("sync", help="log to MLflow the trials a sweep recorded while its tracking store was down")
+    y.add_argument("sweep", help="the sweep directory `heist run` printed, or a sweep name (its latest run)")
+    f = sub.add_parser("pareto", help="recompute and print a finished sweep's frontier from MLflow (read-only)")
     f.add_argument("sweep", help="MLflow experiment name (its latest sweep) or parent run id")
     f.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
+    f.add_argument("--write", action="store_true",
+                   help="also log the recomputed frontier on the sweep's parent run (pareto/ artifacts, "
+                        "hypervolume, pareto tags); by default the store is only read")
+    rp = sub.add_parser("report", help="defenses × attacks from several sweeps of one victim, in one table")
+    rp.add_argument("sweeps", nargs="+", help="parent run ids, or experiment names (their latest sweep)")
+    rp.add_argument("--metric", default="stolen_accuracy", help="per-attack metric in the cells (default: %(default)s)")
+    rp.add_argument("--out", help="also write report.md and report.csv into this directory")
+    rp.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
+    ls = sub.add_parser("list", help="the registered defenses, attacks, hardening recipes, datasets and models")
+    ls.add_argument("kind", nargs="?", help="defenses, attacks, hardening, datasets or models (default: all)")
+    ls.add_argument("--markdown", action="store_true", help="the full reference as Markdown (docs/reference.md)")
+    d = sub.add_parser("describe", help="one defense/attack/recipe/dataset/model: each parameter's default, range, meaning")
+    d.add_argument("name")
     return p
+
+
+def _list(args) -> int:
+    from orchestrator import catalog
+
+    print(catalog.markdown() if args.markdown else catalog.list_text(args.kind), end="\n" if not args.markdown else "")
+    return 0
+
+
+def _describe(args) -> int:
+    from orchestrator import catalog
+
+    print(catalog.describe_text(args.name))
+    return 0
 
 
 def _validate(args) -> int:
@@ -72,27 +103,53 @@ def _resume(args) -> int:
     return resume(args.sweep)
 
 
+def _sync(args) -> int:
+    from orchestrator.sweep import sync
+
+    return sync(args.sweep)
+
+
 def _pareto(args) -> int:
     from orchestrator.sweep_config import resolve_tracking_uri
-    from orchestrator.tracking import check_reachable, find_sweep, print_frontier
+    from orchestrator.tracking import check_reachable, check_store_exists, find_sweep, print_frontier
 
     uri = resolve_tracking_uri(args.tracking_uri)
+    check_store_exists(uri)
     check_reachable(uri)
     tracker = find_sweep(uri, args.sweep)
     cfg = tracker.sweep_config()
-    print_frontier(cfg, tracker, tracker.report_frontier(cfg))
+    if args.write:
+        print_frontier(cfg, tracker, tracker.report_frontier(cfg))
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        print_frontier(cfg, tracker, tracker.frontier(cfg, tmp), written=False)
     return 0
+
+
+def quiet_local_ray() -> None:
+    """For a Ray that Heist starts on this machine (no RAY_ADDRESS), keep Ray's default — token authentication on,
+    the token in ~/.ray/auth_token (generated once) — but choose it explicitly, which silences Ray's warning that
+    it chose it. RAY_AUTH_MODE set in the environment is respected. Must run before Ray is imported: Ray reads
+    the mode once per process."""
+    import os
+
+    if "RAY_ADDRESS" not in os.environ:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    quiet_local_ray()
     try:
         if args.command == "trial":
             from orchestrator.trial import main as run
         elif args.command == "bench":
             from orchestrator.bench import main as run
+        elif args.command == "report":
+            from orchestrator.report import main as run
         else:
-            run = {"run": _run, "validate": _validate, "resume": _resume, "pareto": _pareto}[args.command]
+            run = {"run": _run, "validate": _validate, "resume": _resume, "sync": _sync, "pareto": _pareto,
+                   "list": _list, "describe": _describe}[args.command]
         return run(args) or 0
     except ConfigError as e:       # one line per error, each with its YAML path
         for error in e.errors:
@@ -101,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"heist {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"heist {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -102,12 +102,28 @@ def table(trials: pd.DataFrame, metrics: list[str], modes: list[str]) -> pd.Data
     return front.reindex(columns=cols).sort_values(metrics[0], ascending=modes[0] == "min").reset_index(drop=True)
 
 
-def plot(trials: pd.DataFrame, metrics: list[str], modes: list[str], reference: dict, hv: float, path) -> None:
+def _labels(front: pd.DataFrame, x: str, y: str) -> list[tuple[float, float, str]]:
+    """One label per distinct frontier point: trials that tie (same objectives to 4 decimals) share it."""
+    groups: dict[tuple, list[str]] = {}
+    for _, row in front.iterrows():
+        strongest = f" [{row['strongest_attack']}]" if row.get("strongest_attack") else ""
+        groups.setdefault((round(float(row[x]), 4), round(float(row[y]), 4)), []).append(
+            f"{row['defense']} {row['hyperparameters']}".strip() + strongest)
+    out = []
+    for (px, py), names in groups.items():
+        text = "\n".join(names[:3]) + (f"\n+{len(names) - 3} more" if len(names) > 3 else "")
+        out.append((px, py, text))
+    return out
+
+
+def plot(trials: pd.DataFrame, metrics: list[str], modes: list[str], reference: dict, hv: float, path,
+         undefended: dict | None = None) -> None:
     """PNG: every trial, the frontier highlighted, joined and labelled with its hyperparameters and, in brackets,
     the strongest attack at that point.
 
     Two objectives span the axes (the first two, when there are more); one objective is drawn against
-    the trial's position in the sweep.
+    the trial's position in the sweep. Trials with `<metric>_std` columns (repeats) get error bars of ± 1 sd;
+    trials that tie share one label; `undefended` (the no-defense reference's metrics) is drawn as a star.
     """
     import matplotlib
 
@@ -120,16 +136,28 @@ def plot(trials: pd.DataFrame, metrics: list[str], modes: list[str], reference: 
     else:
         x, y = metrics[:2]
     fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    xerr, yerr = (trials[f"{m}_std"] if f"{m}_std" in trials else None for m in (x, y))
+    if xerr is not None or yerr is not None:
+        ax.errorbar(trials[x], trials[y], xerr=xerr, yerr=yerr, fmt="none", ecolor="0.6", elinewidth=0.8,
+                    capsize=2, zorder=1, label="± 1 sd over repeats")
     rest, front = trials[~trials["pareto"]], trials[trials["pareto"]].sort_values(x)
     for name, group in rest.groupby("defense"):
-        ax.scatter(group[x], group[y], s=28, alpha=0.6, label=f"{name} trials")
+        ax.scatter(group[x], group[y], s=28, alpha=0.6, label=f"{name} trials", zorder=2)
     # the staircase bounding what the frontier dominates: its corners are the worse of two neighbours
     steps = "default" if len(metrics) == 1 else "steps-pre" if modes[0] == "max" else "steps-post"
-    ax.plot(front[x], front[y], "o-", c="tab:red", ms=7, drawstyle=steps, label="Pareto frontier")
-    for _, row in front.iterrows():
-        strongest = f" [{row['strongest_attack']}]" if row.get("strongest_attack") else ""
-        ax.annotate(f"{row['defense']} {row['hyperparameters']}".strip() + strongest, (row[x], row[y]), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")
+    ax.plot(front[x], front[y], "o-", c="tab:red", ms=7, drawstyle=steps, label="Pareto frontier", zorder=3)
+    for i, (px, py, text) in enumerate(_labels(front, x, y)):
+        ax.annotate(text, (px, py), fontsize=7, xytext=(6, 6 if i % 2 == 0 else -12), textcoords="offset points",
+                    va="bottom" if i % 2 == 0 else "top",
+                    bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.7})
+    if undefended and y in undefended and (x in undefended or len(metrics) == 1):
+        if len(metrics) == 1:
+            ax.axhline(undefended[y], c="black", ls="--", lw=1, label="undefended (no defense)")
+        else:
+            ax.scatter([undefended[x]], [undefended[y]], marker="*", s=180, c="black", zorder=4,
+                       label="undefended (no defense)")
+            ax.annotate("undefended", (undefended[x], undefended[y]), fontsize=7, xytext=(6, -10),
+                        textcoords="offset points")
     better = {"max": "higher is better", "min": "lower is better"}
     ax.set_xlabel(x if len(metrics) == 1 else f"{x} ({better[modes[0]]})")
     ax.set_ylabel(f"{y} ({better[modes[-1] if len(metrics) == 1 else modes[1]]})")
@@ -143,7 +171,8 @@ def plot(trials: pd.DataFrame, metrics: list[str], modes: list[str], reference: 
     plt.close(fig)
 
 
-def write(trials: pd.DataFrame, metrics: list[str], modes: list[str], reference: dict, out_dir) -> dict:
+def write(trials: pd.DataFrame, metrics: list[str], modes: list[str], reference: dict, out_dir,
+          undefended: dict | None = None) -> dict:
     """Compute the frontier of `trials` and write frontier.png, frontier.md, frontier.csv, trials.parquet.
 
     Returns {"trials": trials with `pareto`, "table": the frontier table, "hypervolume": float, "files": [...]}.
@@ -155,7 +184,7 @@ def write(trials: pd.DataFrame, metrics: list[str], modes: list[str], reference:
     hv = hypervolume(front.reindex(columns=metrics).to_numpy(dtype=float), [reference[m] for m in metrics], modes)
     tab = table(trials, metrics, modes)
     files = [out / "frontier.png", out / "frontier.md", out / "frontier.csv", out / "trials.parquet"]
-    plot(trials, metrics, modes, reference, hv, files[0])
+    plot(trials, metrics, modes, reference, hv, files[0], undefended)
     files[1].write_text(markdown(tab) + "\n")
     tab.to_csv(files[2], index=False)
     trials.to_parquet(files[3], index=False)

@@ -3,26 +3,46 @@
 One service per trial holds the victim model (on CUDA when the actor was given a GPU) and its output
 defense. Clients (attacker workers, the benign client) send batches of images; the service
 
-1. validates each batch *before* it is queued (dtype, exact (C, H, W) shape, 1..max_request images,
-   finite values) and rejects a bad one with a one-line `InvalidQuery` naming the field — nothing is
+1. resolves the caller's client key (`orchestrator.admission`: capabilities) and validates each batch
+   *before* it is queued (dtype, exact (C, H, W) shape, 1..max_request images, finite values inside the
+   victim's declared input range) — a bad one gets a one-line `InvalidQuery` naming the field, nothing is
    charged and other clients' requests are untouched;
-2. checks the client's image budget (images answered + images still queued + this batch) and refuses a
-   batch that would exceed it with `BudgetExceeded` — nothing is charged;
+2. answers a repeated request id from its record (a restarted worker resends its stream), else checks the
+   client's image budget (`BudgetExceeded`) and its cap of queued images (`Overloaded`, back-pressure) —
+   nothing is charged for a refused batch;
 3. queues the batch; one batcher task concatenates queued requests up to `max_batch` images or
    `max_wait_ms`, runs ONE forward pass + defense for all of them (in a compute thread, so the event
-   loop keeps accepting requests meanwhile) and splits the answer back;
-4. charges the client (images, requests, seconds) and appends a row to the per-request log;
+   loop keeps accepting requests meanwhile) and splits the answer back. If that compute raises, each of
+   its requests is retried alone, so only the request that causes a failure fails; a request whose
+   answer is not finite fails alone (`VictimFailure`, not charged). If the batcher itself dies, every
+   request it held fails at once and the next request starts a new batcher;
+4. charges the client (images, requests, seconds) when its answer is computed and appends a row to the
+   request log (streamed to Parquet parts when the service was given a `log_dir`);
 5. hands the answer to the `Gate`, which decides when (and whether) it is released.
 
-Per-client state lives in the service (`ClientRecord`, one per registered client id) so that later
-additions plug in without rewrites:
+The Ray actor `VictimService` exposes only its public methods and keeps the engine (`_Service`) in an
+attribute, so nothing underscored is callable through the handle: `ready()` (the interface: shape, classes,
+input range, request limits) for anyone; `query(key, x, request_id)`, `explain(key, x, ...)` and `usage(key)`
+for a registered client;
+`register`, `ledger`, `stats`, `request_log` and `flush_log` for the owner (the token `service_actor`
+returns). Per-client state lives in the engine (`ClientRecord`, one per client) so later additions plug in
+without rewrites:
 
 * a proof-of-work gate: a `Gate` whose `release` answers with a challenge instead of the posteriors,
-  keeps the computed answer in `record.state` and releases it from a new `redeem(client_id, ticket,
-  stamp)` method once the stamp verifies; its difficulty can follow a leakage estimate also kept in
+  keeps the computed answer in `record.state` and releases it from a new `redeem(key, ticket, stamp)`
+  method once the stamp verifies; its difficulty can follow a leakage estimate also kept in
   `record.state`. Clients then treat a non-ndarray reply as a challenge.
-* an `explain(client_id, x)` method (gradient explanations charged as queries): another entry point that
-  validates and charges through the same `_admit` / `_charge` path and the same records.
+* `explain(key, x, mode, weights, explainer, samples, sigma, request_id)`: gradient explanations of the
+  victim (workloads.explanations), off unless `service.explanations` is true. It resolves the client with
+  `_client(key)` and validates, admits and charges through the same `_validate` / `_admit` / `_charge`
+  path, records and ledger as `query`; an explanation is charged its victim evaluations
+  (`ExplainRequest.cost`: K per image for a full Jacobian, n per image for SmoothGrad). The batcher serves
+  queries and explanations from the same queue: queries in one forward, explanation requests with the same
+  settings in one batched gradient computation, both in the compute thread. The output defense applies to
+  the prediction that comes with every explanation; `service.explanation_noise` adds Gaussian noise to the
+  explanations (a defense knob of its own). Log rows carry `request` ("query" / "explain") and `inputs`
+  (images sent; `images` is what was charged).
+Each new entry point needs its one-line delegating method on the `VictimService` actor.
 
 Timing: for every served (forward) batch the service measures the clean cost (forward + softmax) and
 the defended cost (+ defense), so the added serving latency per image (`defense_latency_us`) is the
@@ -34,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
@@ -41,49 +62,15 @@ from typing import Any, Protocol
 import numpy as np
 import ray
 
+from orchestrator import admission
+from orchestrator.admission import (ClientRecord, InvalidQuery, NotOwner, Overloaded, Request, UnknownClient,
+                                    VictimFailure)
+from orchestrator.ledger import RequestLog
 
 CPU_FORWARD_BATCH = 256  # a CPU forward of 2048 LeNet images runs at half the speed of 256 (heist bench)
 
-
-class InvalidQuery(ValueError):
-    """A query batch failed validation (type, dtype, shape, size or values); nothing was charged."""
-
-
-class UnknownClient(ValueError):
-    """A query from a client id that was never registered with the service."""
-
-
-@dataclasses.dataclass
-class ClientRecord:
-    """One client's ledger and state inside the service."""
-
-    client_id: str
-    budget: int                  # images this client may have answered in total
-    kind: str = "attacker"       # "attacker" | "benign" | anything the caller uses to group clients
-    images: int = 0              # images answered and charged
-    batches: int = 0             # requests answered
-    seconds: float = 0.0         # service time of answered requests (queueing + compute)
-    reserved: int = 0            # images accepted and queued, not yet answered
-    refused: int = 0             # requests refused because of the budget
-    rejected: int = 0            # requests rejected by input validation
-    seq: int = 0                 # number of the next accepted request
-    l1: float = 0.0              # Σ over answered images of ‖defended − clean‖₁ (the defense's perturbation)
-    state: dict = dataclasses.field(default_factory=dict)  # for gates/defenses: PoW tickets, leakage, ...
-
-    def summary(self) -> dict:
-        return {k: getattr(self, k) for k in
-                ("client_id", "kind", "budget", "images", "batches", "seconds", "refused", "rejected", "l1")}
-
-
-@dataclasses.dataclass
-class Request:
-    """One accepted client batch on its way through the batcher."""
-
-    client: ClientRecord
-    seq: int
-    x: np.ndarray
-    future: asyncio.Future
-    t_submit: float
+__all__ = ["ClientRecord", "Gate", "InvalidQuery", "NotOwner", "OpenGate", "Overloaded", "Request", "UnknownClient",
+           "VictimFailure", "VictimService", "VictimSpec", "service_actor"]
 
 
 class Gate(Protocol):
@@ -105,8 +92,10 @@ class OpenGate:
 
 @dataclasses.dataclass(frozen=True)
 class VictimSpec:
-    """What the service needs to rebuild the victim: architecture, input shape, classes.
+    """What the service needs to rebuild the victim: architecture, input shape, classes, input range.
 
+    `input_range` is part of the victim's interface: every pixel of a query must lie in [low, high] (images
+    are in [0, 1] for every dataset here); a query outside it is rejected before it reaches the model.
     `config` (a workloads.victims.VictimConfig) lets the actor load the victim's dataset itself for the
     defense's DefenseContext (deterministic from the config, so nothing large crosses the object store);
     None gives the defense no dataset (fine for defenses that do not use one, e.g. in the benchmark).
@@ -117,19 +106,52 @@ class VictimSpec:
     num_classes: int
     config: Any = None
     seed: int = 0
+    input_range: tuple[float, float] = (0.0, 1.0)
+
+
+@dataclasses.dataclass
+class ServedStats:
+    """Running totals over served batches: constant memory however long the service runs."""
+
+    served: int = 0              # served batches, queries and explanations (the `batch` number of log rows)
+    batches: int = 0             # served query batches (forward + defense), over which the timings are
+    images: int = 0
+    max_images: int = 0
+    forward_ms: float = 0.0
+    defense_ms: float = 0.0
+
+    def add(self, images: int, forward_ms: float, defense_ms: float) -> int:
+        """Count one served query batch; returns its number."""
+        self.batches += 1
+        self.images += images
+        self.max_images = max(self.max_images, images)
+        self.forward_ms += forward_ms
+        self.defense_ms += defense_ms
+        return self.next()
+
+    def next(self) -> int:
+        """The number of the next served batch (an explanation batch counts here only)."""
+        self.served += 1
+        return self.served - 1
 
 
 class _Service:
-    """The actor's body (undecorated, so the logic is importable without Ray actor machinery)."""
+    """The service's engine: clients, validation, batching, compute. The `VictimService` actor wraps one and
+    exposes only its public methods (so the underscored ones here are not reachable through a Ray handle)."""
 
     def __init__(self, spec: VictimSpec, state_dict: dict, defense=None, service=None,
-                 num_threads: int | None = None, gate: Gate | None = None):
+                 num_threads: int | None = None, gate: Gate | None = None, *, owner: str,
+                 log_dir: str | None = None):
         import torch
 
         from orchestrator.config import ServiceConfig
         from workloads.defenses import DefenseConfig, DefenseContext, build_defense
         from workloads.models import build_model
+        from workloads.seeds import derive_seed
 
+        if not isinstance(owner, str) or len(owner) < 16:
+            raise ValueError("owner: expected the owner token (a secret string, see admission.new_token)")
+        self._owner = owner
         self.cfg = service or ServiceConfig()
         self.num_threads = max(1, int(num_threads or self.cfg.num_cpus))
         torch.set_num_threads(self.num_threads)
@@ -139,6 +161,7 @@ class _Service:
             self.forward_batch = 0 if self.device.type == "cuda" else CPU_FORWARD_BATCH
         self.shape = tuple(int(s) for s in spec.shape)
         self.num_classes = spec.num_classes
+        self.input_range = admission.check_input_range(spec.input_range)
         model = build_model(spec.arch, self.shape, spec.num_classes)
         model.load_state_dict(state_dict)
         self.model = model.to(self.device).eval()
@@ -146,9 +169,11 @@ class _Service:
         ctx = DefenseContext(victim=self.model, dataset=data, arch=spec.arch, seed=spec.seed, device=self.device)
         self.defense = build_defense(defense or DefenseConfig(), ctx)
         self.gate = gate or OpenGate()
-        self.clients: dict[str, ClientRecord] = {}
-        self._log: list[dict] = []
-        self._batches: list[tuple[int, float, float]] = []   # (images, forward_ms, defense_ms) per served batch
+        self._explain_rng = torch.Generator(self.device).manual_seed(derive_seed("explainer/sampling", spec.seed))
+        self._explain_noise_rng = torch.Generator(self.device).manual_seed(derive_seed("defense/noise", spec.seed))
+        self.clients = admission.Clients()
+        self.log = RequestLog(log_dir, self.cfg.log_chunk)
+        self.served = ServedStats()
         self._queue: asyncio.Queue | None = None
         self._batcher_task: asyncio.Task | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="victim-compute",
@@ -156,115 +181,165 @@ class _Service:
         self._t0, self._wall0 = time.perf_counter(), time.time()
         self._torch = torch
 
-    # ---------------------------------------------------------------- clients and ledger
+    # ---------------------------------------------------------------- the interface, owner-only calls
     async def ready(self) -> dict:
-        """Await construction; returns what the service serves and where."""
+        """Await construction; returns the victim's interface (shape, classes, input range, request limits)
+        and where it is served."""
         self._ensure_batcher()
         return {"device": str(self.device), "shape": self.shape, "num_classes": self.num_classes,
-                "threads": self.num_threads, "max_batch": self.cfg.max_batch,
+                "input_range": self.input_range, "threads": self.num_threads, "max_batch": self.cfg.max_batch,
                 "forward_batch": self.forward_batch, "max_wait_ms": self.cfg.max_wait_ms,
-                "max_request": self.cfg.max_request, "gate": type(self.gate).__name__}
+                "max_request": self.cfg.max_request, "max_queued": self.cfg.max_queued,
+                "gate": type(self.gate).__name__}
 
-    async def register(self, client_id: str, budget: int, kind: str = "attacker") -> None:
-        """Register `client_id` with an image budget; registering an existing id raises."""
-        if client_id in self.clients:
-            raise ValueError(f"client {client_id!r} is already registered")
-        if int(budget) < 0:
-            raise ValueError(f"budget: expected >= 0, got {budget!r}")
-        self.clients[client_id] = ClientRecord(str(client_id), int(budget), kind)
+    async def register(self, owner: str, client_id: str, budget: int, kind: str = "attacker",
+                       tags: dict | None = None) -> str:
+        """Register `client_id` with an image budget; returns the client's key (hand it to that client only).
+        `tags` are constant columns of the client's request-log rows. Registering an existing id raises."""
+        admission.check_owner(owner, self._owner, "register")
+        return self.clients.register(client_id, budget, kind, tags)
 
-    async def ledger(self) -> dict[str, dict]:
-        """Per-client totals: images, batches (requests), seconds, refused, rejected, budget, kind."""
-        return {cid: rec.summary() for cid, rec in self.clients.items()}
+    async def ledger(self, owner: str) -> dict[str, dict]:
+        """Per-client totals: images, batches (requests), seconds, refused, rejected, throttled, failed, replayed,
+        l1, budget, kind."""
+        admission.check_owner(owner, self._owner, "ledger")
+        return {cid: rec.summary() for cid, rec in self.clients.by_id.items()}
 
-    async def request_log(self, since: int = 0) -> list[dict]:
-        """Per-request rows from index `since`: client, kind, seq, images, queue_ms, compute_ms,
-        served_batch_images, batch (served-batch number), t (s since the service started), ts (unix time
-        the request arrived)."""
-        return self._log[since:]
+    async def request_log(self, owner: str, since: int = 0) -> list[dict]:
+        """Per-request rows from index `since`: client, kind, seq, images, l1, queue_ms, compute_ms,
+        served_batch_images, batch (served-batch number), t (s since the service started), ts (unix time the
+        request arrived), plus the client's tags."""
+        admission.check_owner(owner, self._owner, "request_log")
+        return self.log.rows(since)
 
-    async def stats(self) -> dict:
+    async def flush_log(self, owner: str) -> dict:
+        """Write the buffered request-log rows to the log directory; returns rows written and still in memory."""
+        admission.check_owner(owner, self._owner, "flush_log")
+        self.log.flush()
+        return {"rows": len(self.log), "in_memory": len(self.log.buffer), "parts": self.log.parts}
+
+    async def stats(self, owner: str) -> dict:
         """Served-batch statistics; `defense_ms_mean` is the added (defended - clean) cost per batch."""
-        b = np.asarray(self._batches, dtype=np.float64).reshape(-1, 3)
-        n = len(b)
-        return {"served_batches": n, "images": int(b[:, 0].sum()) if n else 0,
-                "mean_batch_images": float(b[:, 0].mean()) if n else 0.0,
-                "max_batch_images": int(b[:, 0].max()) if n else 0,
-                "forward_ms_mean": float(b[:, 1].mean()) if n else 0.0,
-                "defense_ms_mean": float(b[:, 2].mean()) if n else 0.0,
-                "defense_us_per_image": float(b[:, 2].sum() * 1e3 / b[:, 0].sum()) if n else 0.0,
+        admission.check_owner(owner, self._owner, "stats")
+        s = self.served
+        n = max(s.batches, 1)
+        return {"served_batches": s.batches, "images": s.images, "mean_batch_images": s.images / n,
+                "max_batch_images": s.max_images, "forward_ms_mean": s.forward_ms / n,
+                "defense_ms_mean": s.defense_ms / n,
+                "defense_us_per_image": s.defense_ms * 1e3 / s.images if s.images else 0.0,
+                "log_rows": len(self.log), "log_rows_in_memory": len(self.log.buffer),
+                "replies_held": sum(len(r.replies) for r in self.clients.by_id.values()),
                 "device": str(self.device), "threads": self.num_threads}
 
-    # ---------------------------------------------------------------- the query path
-    async def query(self, client_id: str, x) -> Any:
-        """Answer client `client_id`'s batch x (n, C, H, W) with defended posteriors (n, K) float32."""
-        rec = self._client(client_id)
+    # ---------------------------------------------------------------- the query path (key-bearing)
+    async def usage(self, key: str) -> dict:
+        """The calling client's own totals: images answered, images queued, budget."""
+        rec = self._client(key)
+        return {"client_id": rec.client_id, "images": rec.images, "reserved": rec.reserved, "budget": rec.budget}
+
+    async def query(self, key: str, x, request_id: tuple[int, int] | None = None) -> Any:
+        """Answer the batch x (n, C, H, W) of the client holding `key` with defended posteriors (n, K) float32.
+
+        `request_id` = (stream, seq) makes the request idempotent: repeating it (with the same images) while
+        it is in the client's current stream returns the same answer and charges nothing more."""
+        rec = self._client(key)
         x = self._validate(rec, x)
-        request = self._admit(rec, x)
-        try:
-            answer, l1, t_start, t_end, served, batch_id = await request.future
-        except BaseException:
-            rec.reserved -= len(x)
-            raise
-        self._charge(rec, request, l1, t_start, t_end, served, batch_id)
+        request_id = admission.check_request_id(rec, request_id)
+        request = admission.replay(rec, request_id, x) or self._admit(rec, x, request_id)
+        answer = await asyncio.shield(request.future)   # a cancelled caller does not cancel the computation
         return await self.gate.release(rec, request, answer)
 
-    def _client(self, client_id: str) -> ClientRecord:
+    async def explain(self, key: str, x, mode: str = "top1", weights=None, explainer: str = "vanilla",
+                      samples: int = 50, sigma: float = 0.15, request_id: tuple[int, int] | None = None) -> Any:
+        """Gradient explanations of the batch x of the client holding `key` (workloads.explanations): the reply
+        is (defended posteriors (n, K), explanations (n, rows, C, H, W)), both float32; charged
+        `ExplainRequest.cost` victim evaluations per image. `request_id` as for `query`."""
+        from workloads.explanations import check_weights
+
+        rec = self._client(key)
+        setting = self._explain_request(rec, mode, explainer, samples, sigma)
+        x = self._validate(rec, x)
+        if weights is not None:
+            weights = np.asarray(weights, dtype=np.float32)
         try:
-            return self.clients[client_id]
-        except KeyError:
-            raise UnknownClient(f"client {client_id!r} is not registered with the service") from None
+            check_weights(weights, len(x), self.num_classes, setting.mode)
+        except ValueError as e:
+            rec.rejected += 1
+            raise InvalidQuery(f"client {rec.client_id!r}: {e}") from None
+        request_id = admission.check_request_id(rec, request_id)
+        request = admission.replay(rec, request_id, x) or self._admit(
+            rec, x, request_id, cost=len(x) * setting.cost(self.num_classes), explain=(setting, weights))
+        answer = await asyncio.shield(request.future)
+        return await self.gate.release(rec, request, answer)
+
+    def _explain_request(self, rec: ClientRecord, mode, explainer, samples, sigma):
+        from workloads.config import ConfigError
+        from workloads.explanations import ExplainRequest
+
+        if not self.cfg.explanations:
+            rec.rejected += 1
+            raise InvalidQuery(f"client {rec.client_id!r}: service.explanations: explanations are off for this "
+                               f"service (set service.explanations: true to serve them)")
+        try:
+            return ExplainRequest(mode, explainer, samples, sigma)
+        except ConfigError as e:
+            rec.rejected += 1
+            raise InvalidQuery(f"client {rec.client_id!r}: {e}") from None
+
+    def _client(self, key: str) -> ClientRecord:
+        """The client a key was issued to (the one place a caller becomes a client); UnknownClient otherwise."""
+        return self.clients.resolve(key)
 
     def _validate(self, rec: ClientRecord, x) -> np.ndarray:
-        def bad(field: str, msg: str):
-            rec.rejected += 1
-            return InvalidQuery(f"client {rec.client_id!r}: {field}: {msg}")
+        return admission.validate(rec, x, self.shape, self.input_range, self.cfg.max_request)
 
-        if not isinstance(x, np.ndarray):
-            raise bad("x", f"expected a numpy array, got {type(x).__name__}")
-        if x.dtype.kind != "f":
-            raise bad("x.dtype", f"expected a floating-point array (float32), got {x.dtype}")
-        if x.ndim != 4 or tuple(x.shape[1:]) != self.shape:
-            raise bad("x.shape", f"expected (n, {', '.join(map(str, self.shape))}), got {tuple(x.shape)}")
-        n = len(x)
-        if not 1 <= n <= self.cfg.max_request:
-            raise bad("x.n", f"expected 1..{self.cfg.max_request} images per request, got {n}")
-        x = x.astype(np.float32, copy=False)
-        finite = np.isfinite(x)
-        if not finite.all():
-            bad_rows = np.flatnonzero(~finite.reshape(n, -1).all(1))
-            raise bad("x.values", f"{int((~finite).sum())} non-finite values (NaN/inf) in {len(bad_rows)} "
-                                  f"image(s), first at image {int(bad_rows[0])}")
-        return x
-
-    def _admit(self, rec: ClientRecord, x: np.ndarray) -> Request:
-        from workloads.attacks import BudgetExceeded
-
-        n = len(x)
-        used = rec.images + rec.reserved
-        if used + n > rec.budget:
-            rec.refused += 1
-            raise BudgetExceeded(f"client {rec.client_id!r}: a query of {n} images exceeds its budget "
-                                 f"({used} used, budget {rec.budget}); nothing was charged")
-        rec.reserved += n
-        request = Request(rec, rec.seq, x, asyncio.get_running_loop().create_future(), time.perf_counter())
+    def _admit(self, rec: ClientRecord, x: np.ndarray, request_id: tuple[int, int] | None = None, *, cost: int = 0,
+               explain=None) -> Request:
+        """Reserve the request's cost (`cost` images, default one per image) and queue it."""
+        n, cost = len(x), cost or len(x)
+        what = f"a query of {n} images" if explain is None else f"an explanation of {n} images ({cost} evaluations)"
+        admission.reserve(rec, n, cost, self.cfg.max_queued, what)
+        loop = asyncio.get_running_loop()
+        request = Request(rec, rec.seq, x, n, cost, loop.create_future(), time.perf_counter(), request_id,
+                          admission.fingerprint(x) if request_id is not None else b"", explain)
         rec.seq += 1
+        if request_id is not None:
+            rec.replies[request_id[1]] = request
         self._ensure_batcher()
         self._queue.put_nowait(request)
         return request
 
-    def _charge(self, rec: ClientRecord, req: Request, l1: float, t_start: float, t_end: float, served: int,
+    def _charge(self, req: Request, answer: Any, l1: float, t_start: float, t_end: float, served: int,
                 batch_id: int) -> None:
-        n = len(req.x)
-        rec.reserved -= n
-        rec.images += n
+        """Charge an answered request to its client, log it and hand its answer to the waiting caller(s)."""
+        rec = req.client
+        rec.reserved -= req.cost
+        rec.queued -= req.n
+        rec.images += req.cost
         rec.batches += 1
         rec.seconds += t_end - req.t_submit
         rec.l1 += l1
-        self._log.append({"client": rec.client_id, "kind": rec.kind, "seq": req.seq, "images": n, "l1": l1,
-                          "queue_ms": (t_start - req.t_submit) * 1e3, "compute_ms": (t_end - t_start) * 1e3,
-                          "served_batch_images": served, "batch": batch_id,
-                          "t": req.t_submit - self._t0, "ts": self._wall0 + (req.t_submit - self._t0)})
+        self.log.append({"client": rec.client_id, "kind": rec.kind, "seq": req.seq, "images": req.cost, "l1": l1,
+                         "request": "query" if req.explain is None else "explain", "inputs": req.n,
+                         "queue_ms": (t_start - req.t_submit) * 1e3, "compute_ms": (t_end - t_start) * 1e3,
+                         "served_batch_images": served, "batch": batch_id,
+                         "t": req.t_submit - self._t0, "ts": self._wall0 + (req.t_submit - self._t0), **rec.tags})
+        req.x = None
+        req.future.set_result(answer)
+
+    def _fail(self, req: Request, error: Exception) -> None:
+        """Fail an unanswered request: its images go back to the client's budget, its id may be sent again."""
+        if req.future.done():
+            return
+        rec = req.client
+        rec.reserved -= req.cost
+        rec.queued -= req.n
+        rec.failed += 1
+        if req.request_id is not None and rec.replies.get(req.request_id[1]) is req:
+            del rec.replies[req.request_id[1]]
+        req.x = None
+        req.future.set_exception(error)
+        req.future.exception()   # retrieved here, so a request nobody awaits any more leaves no warning
 
     # ---------------------------------------------------------------- dynamic batching
     def _ensure_batcher(self) -> None:
@@ -276,50 +351,102 @@ class _Service:
         loop = asyncio.get_running_loop()
         max_batch, max_wait = self.cfg.max_batch, self.cfg.max_wait_ms / 1e3
         carry: Request | None = None
-        while True:
-            first = carry or await self._queue.get()
-            carry, batch, n = None, [first], len(first.x)
-            deadline = loop.time() + max_wait
-            while n < max_batch:
-                if self._queue.empty():
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
+        batch: list[Request] = []
+        try:
+            while True:
+                first = carry or await self._queue.get()
+                carry, batch, n = None, [first], first.n
+                deadline = loop.time() + max_wait
+                while n < max_batch:
+                    if self._queue.empty():
+                        remaining = deadline - loop.time()
+                        if remaining <= 0:
+                            break
+                        try:
+                            req = await asyncio.wait_for(self._queue.get(), remaining)
+                        except asyncio.TimeoutError:
+                            break
+                    else:
+                        req = self._queue.get_nowait()
+                    if n + req.n > max_batch:
+                        carry = req          # does not fit: it opens the next batch
                         break
-                    try:
-                        req = await asyncio.wait_for(self._queue.get(), remaining)
-                    except asyncio.TimeoutError:
-                        break
-                else:
-                    req = self._queue.get_nowait()
-                if n + len(req.x) > max_batch:
-                    carry = req          # does not fit: it opens the next batch
-                    break
-                batch.append(req)
-                n += len(req.x)
-            await self._serve(batch, n)
+                    batch.append(req)
+                    n += req.n
+                await self._serve(batch)
+                batch = []
+        except BaseException as e:   # fail every request held or queued: none may wait forever
+            error = VictimFailure(f"the service's batcher stopped ({type(e).__name__}: {e}); nothing was charged")
+            held = batch + ([carry] if carry is not None else [])
+            while not self._queue.empty():
+                held.append(self._queue.get_nowait())
+            for req in held:
+                self._fail(req, error)
+            raise
 
-    async def _serve(self, batch: list[Request], n: int) -> None:
-        batch = [r for r in batch if not r.future.done()]      # cancelled callers
-        if not batch:
-            return
+    async def _serve(self, batch: list[Request]) -> None:
+        """Serve a batch: its queries in one forward, its explanation requests in one computation per setting."""
+        groups: dict = {}
+        for r in batch:
+            if not r.future.done():
+                groups.setdefault(None if r.explain is None else r.explain[0], []).append(r)
+        for setting, requests in groups.items():
+            await self._serve_group(setting, requests)
+
+    async def _serve_group(self, setting, batch: list[Request]) -> None:
+        """One computation (a forward + defense for queries, an explanation for `setting`) for the requests;
+        each is answered and charged, or fails alone."""
+        loop = asyncio.get_running_loop()
         x = np.concatenate([r.x for r in batch])               # a fresh, writable, contiguous buffer
         t_start = time.perf_counter()
         try:
-            probs, l1, fwd_ms, def_ms = await asyncio.get_running_loop().run_in_executor(self._pool, self._compute, x)
-        except Exception as e:  # a model/defense failure fails this batch's requests, not the service
-            for r in batch:
-                if not r.future.done():
-                    r.future.set_exception(RuntimeError(f"victim forward failed: {type(e).__name__}: {e}"))
+            if setting is None:
+                answer, l1, fwd_ms, def_ms = await loop.run_in_executor(self._pool, self._compute, x)
+                grads = None
+            else:
+                weights = np.concatenate([r.explain[1] for r in batch]) if setting.mode == "vjp" else None
+                answer, grads, l1 = await loop.run_in_executor(self._pool, self._compute_explanations, x, setting,
+                                                               weights)
+        except Exception as e:
+            if len(batch) > 1:   # find the request(s) that fail: retry each alone
+                for r in batch:
+                    await self._serve_group(setting, [r])
+            else:
+                self._fail(batch[0], VictimFailure(f"client {batch[0].client.client_id!r}: the victim could not "
+                                                   f"answer this request ({type(e).__name__}: {e}); nothing was charged"))
             return
         t_end = time.perf_counter()
-        batch_id = len(self._batches)
-        self._batches.append((len(x), fwd_ms, def_ms))
+        batch_id = self.served.add(len(x), fwd_ms, def_ms) if setting is None else self.served.next()
+        finite = np.isfinite(answer).all(1) & np.isfinite(l1)
+        if grads is not None:
+            finite &= np.isfinite(grads.reshape(len(grads), -1)).all(1)
         lo = 0
         for r in batch:
-            hi = lo + len(r.x)
-            if not r.future.done():
-                r.future.set_result((probs[lo:hi], float(l1[lo:hi].sum()), t_start, t_end, len(x), batch_id))
+            hi = lo + r.n
+            if finite[lo:hi].all():
+                reply = answer[lo:hi] if grads is None else (answer[lo:hi], grads[lo:hi])
+                self._charge(r, reply, float(l1[lo:hi].sum()), t_start, t_end, len(x), batch_id)
+            else:
+                bad = np.flatnonzero(~finite[lo:hi])
+                self._fail(r, VictimFailure(f"client {r.client.client_id!r}: the victim's answer is not finite for "
+                                            f"{len(bad)} image(s) of this request, first at image {int(bad[0])}; "
+                                            f"nothing was charged"))
             lo = hi
+
+    def _compute_explanations(self, x: np.ndarray, setting, weights: np.ndarray | None):
+        """Explanations (with explanation noise), the defended prediction at x and each row's
+        ‖defended − clean‖₁. Runs in the compute thread."""
+        from workloads.explanations import add_noise, explain
+
+        torch = self._torch
+        xt = torch.from_numpy(x).to(self.device)
+        w = None if weights is None else torch.from_numpy(weights).to(self.device)
+        probs, grads = explain(self.model, xt, setting, w, generator=self._explain_rng)
+        grads = add_noise(grads, self.cfg.explanation_noise, self._explain_noise_rng)
+        with torch.inference_mode():
+            answer = self.defense(probs, xt)
+            l1 = (answer.double() - probs.double()).abs().sum(1).cpu().numpy()
+        return answer.float().cpu().numpy(), grads.float().cpu().numpy(), l1
 
     def _compute(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
         """One forward + softmax (clean) and the defense (defended), timed separately; the defended answers
@@ -345,19 +472,62 @@ class _Service:
 
 
 @ray.remote
-class VictimService(_Service):
-    """The Ray actor. `VictimService.options(num_cpus=..., num_gpus=...).remote(spec, state_ref, defense,
-    service, gate=...)`; `service_actor(...)` does that from a ServiceConfig."""
+class VictimService:
+    """The Ray actor: a `_Service` engine behind exactly these methods (Ray makes every method of an actor class
+    callable through its handle, so the engine's underscored internals live on another object).
+
+    Start it with `service_actor(...)`, which also makes the owner token. Besides these, Ray itself adds
+    `__ray_call__` (runs any function on the actor): a raw handle is for trusted code only — see
+    docs/guarantees.md, "Trust boundary".
+    """
+
+    def __init__(self, *args, **kwargs):
+        self.engine = _Service(*args, **kwargs)
+
+    async def ready(self) -> dict:
+        return await self.engine.ready()
+
+    async def query(self, key: str, x, request_id: tuple[int, int] | None = None) -> Any:
+        return await self.engine.query(key, x, request_id)
+
+    async def explain(self, key: str, x, mode: str = "top1", weights=None, explainer: str = "vanilla",
+                      samples: int = 50, sigma: float = 0.15, request_id: tuple[int, int] | None = None) -> Any:
+        return await self.engine.explain(key, x, mode, weights, explainer, samples, sigma, request_id)
+
+    async def usage(self, key: str) -> dict:
+        return await self.engine.usage(key)
+
+    async def register(self, owner: str, client_id: str, budget: int, kind: str = "attacker",
+                       tags: dict | None = None) -> str:
+        return await self.engine.register(owner, client_id, budget, kind, tags)
+
+    async def ledger(self, owner: str) -> dict[str, dict]:
+        return await self.engine.ledger(owner)
+
+    async def request_log(self, owner: str, since: int = 0) -> list[dict]:
+        return await self.engine.request_log(owner, since)
+
+    async def flush_log(self, owner: str) -> dict:
+        return await self.engine.flush_log(owner)
+
+    async def stats(self, owner: str) -> dict:
+        return await self.engine.stats(owner)
 
 
 def service_actor(spec: VictimSpec, state_dict_ref, defense, service, *, gate: Gate | None = None,
-                  name: str | None = None):
-    """Start a VictimService with the resources of `service` (a ServiceConfig); returns the actor handle.
+                  name: str | None = None, log_dir: str | None = None) -> tuple[Any, str]:
+    """Start a VictimService with the resources of `service` (a ServiceConfig); returns (actor handle, owner token).
 
-    Torch in the actor gets max(1, floor(num_cpus)) threads; with num_gpus > 0 Ray sets
-    CUDA_VISIBLE_DEVICES and the model goes to CUDA when torch sees it (fractional GPUs allowed).
+    Keep the owner token with the code that registers clients and reads ledgers; give workers the handle and
+    their own client key only. `log_dir` streams the request log there as Parquet parts (see ledger.RequestLog).
+    Torch in the actor gets max(1, floor(num_cpus)) threads; with num_gpus > 0 Ray sets CUDA_VISIBLE_DEVICES and
+    the model goes to CUDA when torch sees it (fractional GPUs allowed). The actor is not restarted when it dies
+    (its ledger is in its memory): calls then fail with Ray's ActorDiedError.
     """
+    owner = admission.new_token()
     opts = {"num_cpus": service.num_cpus, "num_gpus": service.num_gpus, "max_concurrency": 10_000}
     if name:
         opts["name"] = name
-    return VictimService.options(**opts).remote(spec, state_dict_ref, defense, service, gate=gate)
+    actor = VictimService.options(**opts).remote(spec, state_dict_ref, defense, service, gate=gate, owner=owner,
+                                                 log_dir=None if log_dir is None else str(log_dir))
+    return actor, owner

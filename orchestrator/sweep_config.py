@@ -29,7 +29,8 @@ import yaml
 
 from orchestrator.config import BenignConfig, ServiceConfig, TrialConfig, WorkerResources
 from workloads.attacks import AttackConfig
-from workloads.config import ConfigError, check_choice, did_you_mean, parse, positive, to_dict
+from workloads.config import (INT_MAX, ConfigError, check_choice, did_you_mean, in_range, load_yaml, parse, positive,
+                              to_dict)
 from workloads.defenses import REGISTRY, DefenseConfig, ensure_loaded, param_fields
 from workloads.victims import DEFAULT_CACHE, VictimConfig
 
@@ -48,6 +49,8 @@ BOUNDS = {"victim_accuracy": (0.0, 1.0), "defended_accuracy": (0.0, 1.0), "stole
           "robust_accuracy": (0.0, 1.0), "wm_accuracy_victim": (0.0, 1.0), "perturbation_l1": (0.0, 2.0),
           "perturbation_l1_attacker": (0.0, 2.0)}
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
+MAX_GRID = 100_000                      # points a grid sweep may enumerate
+SEED_MAX = 2**32 - 1                    # Optuna's samplers seed numpy's RandomState
 
 
 def metric_names(attacks, repeats: int = 1, extra=()) -> list[str]:
@@ -68,6 +71,13 @@ class Dim:
 
     kind: Literal["fixed", "uniform", "loguniform", "int", "choice"]
     values: tuple
+
+    @property
+    def size(self) -> int | None:
+        """How many values the space holds; None for continuous ranges."""
+        if self.kind == "int":
+            return self.values[1] - self.values[0] + 1
+        return None if self.kind in ("uniform", "loguniform") else len(self.values)
 
     @property
     def finite(self) -> list | None:
@@ -104,7 +114,10 @@ class Dim:
 
 
 def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    """A finite number that fits its type (an integer in 64 bits)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    return abs(v) <= INT_MAX if isinstance(v, int) else math.isfinite(v)
 
 
 def _scalar(v) -> bool:
@@ -200,7 +213,7 @@ class DefenseSpace:
     @property
     def searched(self) -> dict[str, Dim]:
         """The hyperparameters that take more than one value."""
-        return {k: d for k, d in self.dims.items() if d.finite is None or len(d.finite) > 1}
+        return {k: d for k, d in self.dims.items() if d.size is None or d.size > 1}
 
     def example(self) -> dict:
         """One point of the space: each hyperparameter's first value or lower bound."""
@@ -245,6 +258,7 @@ class SearchConfig:
         if self.num_samples is not None:
             positive("num_samples", self.num_samples)
         positive("max_concurrent", self.max_concurrent)
+        in_range("seed", self.seed, 0, SEED_MAX)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -360,6 +374,11 @@ class SweepConfig:
         if s.sampler == "grid":
             errors += [f"{self.space_path(i)}.params.{k}: a grid needs a list of values, got {d}"
                        for i, space in enumerate(self.spaces) for k, d in space.dims.items() if d.finite is None]
+            size = sum(math.prod(d.size for d in space.dims.values()) for space in self.spaces) if not errors else 0
+            if size > MAX_GRID:
+                errors.append(f"search: a grid of {size} points is too large (at most {MAX_GRID}); "
+                              f"use fewer values or a sampler")
+                return errors
             if s.num_samples is not None and not errors and s.num_samples != len(self.grid()):
                 errors.append(f"search.num_samples: a grid runs each of its {len(self.grid())} points once; "
                               f"remove num_samples")
@@ -378,6 +397,8 @@ class SweepConfig:
             return [f"{path}.name: expected one of this sweep's defenses {names}, got {name!r}"]
         space = self.spaces[names.index(name)]
         params, dims = point.get("params") or {}, space.dims
+        if not isinstance(params, dict):
+            return [f"{path}.params: expected a mapping of hyperparameter values, got {params!r}"]
         errors = [f"{path}.params.{k}: not a hyperparameter in the {name} space{did_you_mean(k, dims)}"
                   for k in params if k not in dims]
         errors += [f"{path}.params.{k}: required (every searched hyperparameter needs a value)"
@@ -404,11 +425,12 @@ class SearchSpace:
 
     def __call__(self, trial) -> dict:
         if self.points is not None:
-            return {"defense": self.points[trial.suggest_categorical("point", self.grid_space()["point"])]}
+            return {"defense": self.points[trial.suggest_categorical("point", self.grid_space()["point"])],
+                    "study_trial": trial.number}
         names = list(self.spaces)
         name = trial.suggest_categorical("defense", names) if len(names) > 1 else names[0]
         params = {k: d.suggest(trial, f"{name}.{k}") for k, d in self.spaces[name].items()}
-        return {"defense": {"name": name, "params": params}}
+        return {"defense": {"name": name, "params": params}, "study_trial": trial.number}
 
 
 # ------------------------------------------------------------------------------------- load + resolve
@@ -463,14 +485,8 @@ def from_dict(data: dict, name: str = "sweep") -> SweepConfig:
 
 
 def load(path: str | os.PathLike) -> SweepConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
-    return from_dict(data or {}, path.stem)
+    """Parse and resolve the sweep YAML at `path` (its stem is the default name)."""
+    return from_dict(load_yaml(path) or {}, Path(path).stem)
 
 
 def as_data(cfg: SweepConfig) -> dict:

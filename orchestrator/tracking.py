@@ -2,15 +2,20 @@
 
 Everything here runs in the sweep's driver process (child runs are written by a Tune callback), so a
 sqlite store never sees concurrent writers; a remote `mlflow server` works the same way over HTTP.
-A child run carries the Tune trial id as tag `heist.trial_id`; a trial already logged under the parent
-is never logged again, which makes `heist resume` safe. The frontier is always computed from the
-child runs in the store, so `heist run` and `heist pareto` print the same thing.
+A child run carries the Tune trial id as tag `heist.trial_id` from its creation and is complete once it is
+terminated (FINISHED or FAILED, the last call of `log_trial`): a trial with a complete run is never logged
+again, and a run left RUNNING by a kill mid-logging is deleted and logged afresh, which makes `heist resume`
+and `heist sync` safe at any moment. A failed trial's reason is its tag `heist.error`. The frontier is always
+computed from the child runs in the store, so `heist run` and `heist pareto` print the same thing.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -18,15 +23,17 @@ import urllib.request
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from orchestrator import curves, pareto
+from orchestrator.undefended import from_run as undefended_metrics
 from orchestrator.errors import UserError
 from orchestrator.sweep_config import SweepConfig, dump, from_dict
+from workloads.config import load_yaml
 
 TRIAL_TAG = "heist.trial_id"
 PARENT_TAG = "mlflow.parentRunId"
 KIND_TAG = "heist.kind"          # "sweep" on parent runs, "trial" on child runs
+ERROR_TAG = "heist.error"        # why a trial failed (one line)
 ARTIFACT_DIRS = {"ledgers": "ledger", "runs": "runs", "curves": "curves"}   # a trial's Parquet files on its run
 
 
@@ -58,11 +65,28 @@ def check_reachable(uri: str) -> None:
         raise UserError(f"MLflow tracking store {uri} is not usable ({first})") from None
 
 
-def browse_hint(uri: str, experiment_id: str, run_id: str) -> str:
+def mlflow_command() -> str:
+    """`mlflow` when the shell finds it on PATH, else the path of the one beside this Python (the venv's)."""
+    beside = Path(sys.executable).parent / "mlflow"
+    on_path = shutil.which("mlflow")
+    if on_path and (not beside.exists() or Path(on_path).resolve() == beside.resolve()):
+        return "mlflow"
+    return str(beside) if beside.exists() else "mlflow"
+
+
+def check_store_exists(uri: str) -> None:
+    """UserError when `uri` is a sqlite store whose file is not there (reading must never create one)."""
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise UserError(f"no MLflow store at {uri[len('sqlite:///'):]} (give --tracking-uri or set MLFLOW_TRACKING_URI)")
+
+
+def browse_hint(uri: str, experiment_id: str, run_id: str, sweep_id: str) -> str:
     """The command (sqlite) or address (server) that shows the sweep in the MLflow UI."""
+    tracker = Tracker(uri, experiment_id, run_id, sweep_id)
     if uri.startswith("sqlite:"):
-        return f"mlflow ui --backend-store-uri {uri}"
-    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+        return (f"{mlflow_command()} ui --backend-store-uri {uri}\n  then open "
+                f"{runs_view_url('http://127.0.0.1:5000', tracker)}")
+    return runs_view_url(uri, tracker)
 
 
 def _git_commit() -> str | None:
@@ -79,7 +103,14 @@ def _experiment_id(client, name: str, uri: str) -> str:
         return exp.experiment_id
     # a sqlite store keeps its artifacts beside the database, not under whatever directory we run in
     location = (Path(uri[len("sqlite:///"):]).parent / "mlruns").as_uri() if uri.startswith("sqlite:///") else None
-    return client.create_experiment(name, artifact_location=location)
+    # MLflow 3 opens an experiment on its GenAI (traces) page unless the experiment says it holds model runs
+    return client.create_experiment(name, artifact_location=location,
+                                    tags={"mlflow.experimentKind": "custom_model_development"})
+
+
+def qualified(defense: str, param: str) -> str:
+    """A hyperparameter's name in MLflow and in tables: `<defense>.<param>`, e.g. `dcp.beta`."""
+    return f"{defense}.{param}"
 
 
 def _label(defense: dict, keys) -> str:
@@ -139,31 +170,40 @@ class Tracker:
                 return runs
 
     def trial_runs(self) -> list:
-        """The child runs of logged trials, oldest first."""
-        return [r for r in self._children() if TRIAL_TAG in r.data.tags]
+        """The complete child runs of logged trials, oldest first."""
+        return [r for r in self._children() if TRIAL_TAG in r.data.tags and r.info.status != "RUNNING"]
 
     def log_trial(self, trial_id: str, defense: dict, metrics: dict[str, float], files: dict[str, Path] | None = None,
-                  failed: bool = False, label_keys=()) -> str | None:
+                  failed: bool = False, label_keys=(), error: str | None = None, start_ms: int | None = None,
+                  end_ms: int | None = None) -> str | None:
         """Log one finished trial as a child run; returns its run id, or None if it was logged before.
+
+        The run carries the trial's own start and end times (`start_ms`, `end_ms`; default: now), and each
+        hyperparameter as param `<defense>.<name>` (DCP's `beta` and reverse sigmoid's are different knobs).
 
         `files` are the trial's Parquet files by kind: `ledgers` (the query ledger), `runs` (one row per attack
         run) and `curves` (budget checkpoints: logged as metric steps `curve/<metric>/<attack>`, step =
-        queries, and drawn as curves.png)."""
-        from mlflow.entities import Metric, Param, RunTag
+        queries, and drawn as curves.png). `error` is a failed trial's reason (tag `heist.error`)."""
+        from mlflow.entities import Metric, Param
 
-        if self._children(f" and tags.`{TRIAL_TAG}` = '{trial_id}'"):
-            return None
         client = _client(self.uri)
+        for old in self._children(f" and tags.`{TRIAL_TAG}` = '{trial_id}'"):
+            if old.info.status != "RUNNING":
+                return None
+            client.delete_run(old.info.run_id)        # half-logged when the driver died: log it again
         name = f"{defense['name']} {_label(defense, label_keys)}".strip()
-        run = client.create_run(self.experiment_id, run_name=name, tags={
-            PARENT_TAG: self.parent_run_id, KIND_TAG: "trial", "heist.sweep_id": self.sweep_id})
         now = int(time.time() * 1000)
+        tags = {PARENT_TAG: self.parent_run_id, KIND_TAG: "trial", "heist.sweep_id": self.sweep_id, TRIAL_TAG: trial_id}
+        if error:
+            tags[ERROR_TAG] = error[:5000]
+        run = client.create_run(self.experiment_id, run_name=name, start_time=start_ms or now, tags=tags)
+        now = end_ms or now
         files = {k: f for k, f in (files or {}).items() if f is not None and Path(f).exists()}
-        params = [Param("defense", defense["name"])] + [Param(k, str(v)) for k, v in defense["params"].items()]
+        params = [Param("defense", defense["name"])] + [Param(qualified(defense["name"], k), str(v))
+                                                        for k, v in defense["params"].items()]
         steps = _curve_metrics(files["curves"], now) if "curves" in files else []
-        # the trial tag comes in the same batch as the metrics: a run with the tag is a complete record
-        client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()] + steps,
-                         params=params, tags=[RunTag(TRIAL_TAG, trial_id)])
+        client.log_batch(run.info.run_id, params=params, metrics=[
+            Metric(k, float(v), now, 0) for k, v in metrics.items()] + steps)
         for kind, path in files.items():
             client.log_artifact(run.info.run_id, str(path), ARTIFACT_DIRS.get(kind, kind))
         if "curves" in files:
@@ -171,7 +211,7 @@ class Tracker:
                 curves.plot(curves.summarize(pd.read_parquet(files["curves"]).to_dict("records")),
                             Path(tmp) / "curves.png")
                 client.log_artifact(run.info.run_id, str(Path(tmp) / "curves.png"))
-        client.set_terminated(run.info.run_id, "FAILED" if failed else "FINISHED")
+        client.set_terminated(run.info.run_id, "FAILED" if failed else "FINISHED", end_time=now)   # last: complete
         return run.info.run_id
 
     # ---------------------------------------------------------------------------------- the frontier
@@ -180,12 +220,12 @@ class Tracker:
         searched = {sp.name: list(sp.searched) for sp in cfg.spaces}
         rows = []
         for run in self.trial_runs():
-            params = {k: _number(v) for k, v in run.data.params.items() if k != "defense"}
             name = run.data.params.get("defense", "")
+            params = {k.removeprefix(f"{name}."): _number(v) for k, v in run.data.params.items() if k != "defense"}
             rows.append({"trial_id": run.data.tags[TRIAL_TAG], "run_id": run.info.run_id, "status": run.info.status,
                          "defense": name,
                          "hyperparameters": _label({"params": params}, searched.get(name, sorted(params))),
-                         **{f"param.{k}": v for k, v in params.items()}, **run.data.metrics})
+                         **{f"param.{qualified(name, k)}": v for k, v in params.items()}, **run.data.metrics})
         df = pd.DataFrame(rows) if rows else pd.DataFrame(
             columns=["trial_id", "run_id", "status", "defense", "hyperparameters"])
         for col in [c for c in df.columns if c.startswith("param.")]:   # one type per column, for Parquet
@@ -193,24 +233,36 @@ class Tracker:
                 df[col] = df[col].map(lambda v: None if pd.isna(v) else str(v))
         return df
 
-    def report_frontier(self, cfg: SweepConfig) -> dict:
-        """Compute the frontier from the child runs; log its artifacts, hypervolume and `pareto` tags."""
-        client = _client(self.uri)
+    def frontier(self, cfg: SweepConfig, out_dir) -> dict:
+        """Compute the frontier from the child runs and write its files to `out_dir`; the store is only read.
+
+        The plot marks the sweep's undefended reference (`undefended/<metric>` on the parent run) when it has one."""
         trials = self.trials_table(cfg)
+        undefended = undefended_metrics(_client(self.uri).get_run(self.parent_run_id))
+        out = pareto.write(trials, cfg.metrics, cfg.modes, cfg.reference_point, out_dir, undefended=undefended or None)
+        return out | {"undefended": undefended, "files": [f"pareto/{f.name}" for f in out["files"]]}
+
+    def report_frontier(self, cfg: SweepConfig) -> dict:
+        """Compute the frontier and log it on the parent run: artifacts under pareto/, the hypervolume, `pareto`
+        tags on the child runs, and the frontier table as the run's description (MLflow's `mlflow.note.content`)."""
+        client = _client(self.uri)
         with tempfile.TemporaryDirectory() as tmp:
-            out = pareto.write(trials, cfg.metrics, cfg.modes, cfg.reference_point, tmp)
+            out = self.frontier(cfg, tmp)
             client.log_artifacts(self.parent_run_id, tmp, "pareto")
         client.log_metric(self.parent_run_id, "hypervolume", out["hypervolume"])
         for row in out["trials"].itertuples():
             client.set_tag(row.run_id, "pareto", "true" if row.pareto else "false")
         client.set_tag(self.parent_run_id, "heist.frontier_size", str(int(out["trials"]["pareto"].sum())))
-        return out | {"files": [f"pareto/{f.name}" for f in out["files"]]}
+        client.set_tag(self.parent_run_id, "mlflow.note.content", description(cfg, self.sweep_id, out))
+        client.set_experiment_tag(self.experiment_id, VIEW_TAG + self.sweep_id,
+                                  json.dumps(runs_view_state(cfg, self.sweep_id)))
+        return out
 
     def sweep_config(self) -> SweepConfig:
         """The resolved sweep config kept as the parent run's sweep.yaml artifact."""
         with tempfile.TemporaryDirectory() as tmp:
             path = _client(self.uri).download_artifacts(self.parent_run_id, "sweep.yaml", tmp)
-            return from_dict(yaml.safe_load(Path(path).read_text()))
+            return from_dict(load_yaml(path))
 
 
 def _curve_metrics(path: Path, timestamp: int) -> list:
@@ -253,13 +305,56 @@ def find_sweep(uri: str, target: str) -> Tracker:
     return Tracker(uri, run.info.experiment_id, run.info.run_id, run.data.tags["heist.sweep_id"])
 
 
-def print_frontier(cfg: SweepConfig, tracker: Tracker, report: dict) -> None:
-    """The frontier table, hypervolume, where the artifacts are and how to browse them."""
+def description(cfg: SweepConfig, sweep_id: str, report: dict) -> str:
+    """The parent run's description (Markdown): the frontier table, hypervolume, the undefended reference."""
     objectives = ", ".join(f"{o.metric} ({o.mode})" for o in cfg.objectives)
-    reference = ", ".join(f"{k}={v:g}" for k, v in cfg.reference_point.items())
+    undefended = report.get("undefended") or {}
+    lines = [f"**Pareto frontier** of sweep `{sweep_id}` over {objectives}: {len(report['table'])} of "
+             f"{len(report['trials'])} trials (plot: Artifacts → `pareto/frontier.png`)", "",
+             pareto.markdown(report["table"]), "", f"hypervolume **{report['hypervolume']:.4f}** "
+             f"(reference point {', '.join(f'{k}={v:g}' for k, v in cfg.reference_point.items())})"]
+    if undefended:
+        lines.append("undefended reference (no defense, same attacks): "
+                     + ", ".join(f"{m}={undefended[m]:.4f}" for m in cfg.metrics if m in undefended))
+    return "\n".join(lines)
+
+
+def print_frontier(cfg: SweepConfig, tracker: Tracker, report: dict, written: bool = True) -> None:
+    """The frontier table, hypervolume, the undefended reference, where the artifacts are and how to browse them."""
+    objectives = ", ".join(f"{o.metric} ({o.mode})" for o in cfg.objectives)
+    corner = ", ".join(f"{k}={v:g}" for k, v in cfg.reference_point.items())
+    undefended = report.get("undefended") or {}
+    baseline = (f"undefended reference (no defense, same attacks): "
+                + ", ".join(f"{m}={undefended[m]:.4f}" for m in cfg.metrics if m in undefended) + "\n"
+                if undefended else "")
+    where = (f"MLflow parent run {tracker.parent_run_id} (experiment {cfg.tracking.experiment!r}) holds "
+             f"{', '.join(report['files'])}" if written else
+             f"(recomputed from MLflow run {tracker.parent_run_id}; nothing was written: add --write to update its "
+             f"pareto/ artifacts, hypervolume and tags)")
     print(f"\nPareto frontier of sweep {tracker.sweep_id} over {objectives}: {len(report['table'])} of "
           f"{len(report['trials'])} trials\n\n{pareto.markdown(report['table'])}\n\n"
-          f"hypervolume {report['hypervolume']:.4f} (reference point {reference})\n"
-          f"MLflow parent run {tracker.parent_run_id} (experiment {cfg.tracking.experiment!r}) holds "
-          f"{', '.join(report['files'])}\n"
-          f"browse it: {browse_hint(tracker.uri, tracker.experiment_id, tracker.parent_run_id)}")
+          f"hypervolume {report['hypervolume']:.4f} (reference point {corner})\n{baseline}{where}\n"
+          f"browse it: {browse_hint(tracker.uri, tracker.experiment_id, tracker.parent_run_id, tracker.sweep_id)}")
+
+
+VIEW_TAG = "mlflow.sharedViewState."     # MLflow UI: an experiment tag holding a runs-view state (JSON)
+
+
+def runs_view_state(cfg: SweepConfig, sweep_id: str) -> dict:
+    """The runs view that shows a sweep's trials: objectives (with their sd), the robustness vs the undefended
+    reference, the defense and its searched hyperparameters and the `pareto` tag as columns, best first."""
+    spread = [f"{m}_std" for m in cfg.metrics if cfg.repeats > 1 and m.split("/")[0] in
+              ("stolen_accuracy", "fidelity", "agreement", "relative_accuracy")]
+    metrics = [*cfg.metrics, *spread, "stolen_accuracy_vs_undefended"]
+    params = ["defense", *(qualified(sp.name, k) for sp in cfg.spaces for k in sp.searched)]
+    return {"selectedColumns": [f"metrics.`{m}`" for m in dict.fromkeys(metrics)]
+            + [f"params.`{p}`" for p in params] + ["tags.`pareto`"],
+            "searchFilter": f"tags.`heist.sweep_id` = '{sweep_id}' and tags.`{KIND_TAG}` = 'trial'",
+            "orderByKey": f"metrics.`{cfg.metrics[0]}`", "orderByAsc": cfg.modes[0] == "min"}
+
+
+def runs_view_url(base: str, tracker: Tracker) -> str:
+    """The experiment's runs view (model-training mode) in the MLflow UI at `base`, opened on the sweep's trials
+    with the columns of `runs_view_state` (saved on the experiment by `report_frontier`)."""
+    return (f"{base.rstrip('/')}/#/experiments/{tracker.experiment_id}/runs?workflowType=machine_learning"
+            f"&viewStateShareKey={tracker.sweep_id}")

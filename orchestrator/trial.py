@@ -11,21 +11,29 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import ray
+from ray.exceptions import RayActorError
 
+from orchestrator import ledger as request_logs
 from orchestrator.attackers import BenignClient, RayQueryClient, spawn_attackers
 from orchestrator.config import TrialConfig, WorkerResources, trial_config
 from orchestrator.service import VictimSpec, service_actor
+from orchestrator.waits import TimedOut, wait_for
 
 METRIC_ORDER = ("victim_accuracy", "defended_accuracy", "perturbation_l1", "perturbation_l1_attacker",
                 "defense_latency_us", "stolen_accuracy", "stolen_accuracy_std", "fidelity", "fidelity_std",
                 "agreement", "relative_accuracy", "relative_accuracy_std")
 # Measured per attack run and aggregated over repeats as `<name>/<attack>` (mean) and `<name>_std/<attack>`.
 RUN_METRICS = ("stolen_accuracy", "fidelity", "agreement")
+
+
+class TrialFailed(RuntimeError):
+    """The trial could not finish: a remote step timed out or an actor it needs died; the message says which."""
 
 
 @dataclasses.dataclass
@@ -35,17 +43,23 @@ class TrialResult:
 
     Each ledger row is one answered request: client, kind, seq, images, l1, queue_ms, compute_ms,
     served_batch_images, batch, t, ts (from the service), plus `attack` (the attack key, or "benign"),
-    `repeat` and `client_kind` ("attacker" / "benign"). `runs` has one row per (attack, repeat): seed,
-    queries, stolen_accuracy, fidelity, agreement, perturbation_l1 (on that run's queries). `curves` has
-    one row per budget checkpoint of an attack run: attack, repeat, checkpoint, queries, stolen_accuracy,
-    fidelity.
+    `repeat` and `client_kind` ("attacker" / "benign"). When run_trial was given a `ledger_dir` the rows are
+    the Parquet parts there (`ledger` reads them on demand); else they are held in `ledger_rows`. `runs` has
+    one row per (attack, repeat): seed, queries, stolen_accuracy, fidelity, agreement, perturbation_l1 (on that
+    run's queries). `curves` has one row per budget checkpoint of an attack run: attack, repeat, checkpoint,
+    queries, stolen_accuracy, fidelity.
     """
 
     metrics: dict[str, float]
-    ledger: list[dict]
+    ledger_rows: list[dict] | None = None
     info: dict = dataclasses.field(default_factory=dict)
     runs: list[dict] = dataclasses.field(default_factory=list)
     curves: list[dict] = dataclasses.field(default_factory=list)
+    ledger_dir: str | None = None
+
+    @property
+    def ledger(self) -> list[dict]:
+        return request_logs.read(self.ledger_dir) if self.ledger_rows is None else self.ledger_rows
 
 
 def trial_bundles(cfg: TrialConfig, driver: WorkerResources = WorkerResources(num_cpus=1.0)) -> list[dict[str, float]]:
@@ -80,6 +94,21 @@ def check_resources(cfg: TrialConfig) -> None:
         if amount > total.get(res, 0.0):
             raise ConfigError(f"{field}: {amount:g} {res} requested, but the Ray cluster has "
                               f"{total.get(res, 0.0):g} {res} in total")
+
+
+def _failure(err: RayActorError, service, what: str) -> TrialFailed:
+    """The one-line reason a trial step failed because an actor died: the victim service (whose ledger dies
+    with it) or a client worker that died more often than Ray restarts it."""
+    try:
+        ray.get(service.ready.remote(), timeout=10)
+        alive = True
+    except Exception:   # dead, or not answering within 10 s
+        alive = False
+    cause = str(getattr(err, "cause", None) or err).strip().splitlines()[0]
+    if not alive:
+        return TrialFailed(f"{what}: the victim service died ({cause}); the trial stops (the ledger was in the "
+                           f"service's memory)")
+    return TrialFailed(f"{what}: a client worker died and could not be restarted ({cause})")
 
 
 def _kill(actors: list) -> None:
@@ -168,12 +197,24 @@ def aggregate(runs: list[dict], keys: list[str], victim_accuracy: float) -> dict
     return out
 
 
-def run_trial(cfg: TrialConfig) -> TrialResult:
+def run_trial(cfg: TrialConfig, ledger_dir: str | Path | None = None) -> TrialResult:
     """Run one trial end to end and return its metrics, query ledger, attack runs and budget curves.
 
     Each attack runs `cfg.repeats` times against the same service; repeat r uses attack seed `seed + r`,
     from which every random stream of that run (query sampling, substitute init and batch order) derives.
+    The service streams the request log to `ledger_dir` as Parquet parts (a temporary directory, read back
+    into `TrialResult.ledger_rows`, when None). Every remote step waits at most `cfg.timeout_s`; a step that
+    times out or loses an actor raises TrialFailed naming the step.
     """
+    if ledger_dir is not None:
+        return _run_trial(cfg, Path(ledger_dir))
+    with tempfile.TemporaryDirectory(prefix="heist-ledger-") as tmp:
+        result = _run_trial(cfg, Path(tmp))
+        result.ledger_rows, result.ledger_dir, result.info["ledger_dir"] = result.ledger, None, None
+        return result
+
+
+def _run_trial(cfg: TrialConfig, ledger_dir: Path) -> TrialResult:
     import torch
 
     from workloads import metrics as M
@@ -188,6 +229,7 @@ def run_trial(cfg: TrialConfig) -> TrialResult:
     check_resources(cfg)
     victim = load_or_train(cfg.victim, cfg.cache_dir)
     data = victim.data
+    timeout = cfg.timeout_s
 
     def pool_of(run):
         s = run.surrogate
@@ -199,21 +241,27 @@ def run_trial(cfg: TrialConfig) -> TrialResult:
     owned: list = []           # every actor this trial created, killed in `finally`
     runs: list[dict] = []
     curves: list[dict] = []
+    step, service = "starting the victim service", None
     try:
         spec = VictimSpec(cfg.victim.arch, data.shape, data.num_classes, config=cfg.victim, seed=cfg.victim.seed)
-        service = service_actor(spec, ray.put(victim.model.state_dict()), cfg.defense, cfg.service)
+        service, owner = service_actor(spec, ray.put(victim.model.state_dict()), cfg.defense, cfg.service,
+                                       log_dir=str(ledger_dir))
         owned.append(service)
-        info = {"service": ray.get(service.ready.remote()), "victim_training": victim.training}
-        kinds = {}
+        served = wait_for(service.ready.remote(), "the victim service to start (ready)", timeout)
+        info = {"service": served, "victim_training": victim.training, "ledger_dir": str(ledger_dir)}
+        attackers: list[str] = []
 
         # utility: the benign client streams the test set through the defended API
+        step = "the benign pass"
         x_test = data.x_test.numpy()
-        ray.get(service.register.remote("benign", len(x_test), "benign"))
-        kinds["benign"] = ("benign", "benign", 0)
+        benign_key = wait_for(service.register.remote(owner, "benign", len(x_test), "benign",
+                                                      {"client_kind": "benign", "attack": "benign", "repeat": 0}),
+                              "the service to register the benign client", timeout)
         benign = BenignClient.options(num_cpus=cfg.workers.num_cpus, num_gpus=cfg.workers.num_gpus).remote(
-            service, "benign", cfg.benign.batch)
+            service, "benign", benign_key, cfg.benign.batch, 1, timeout)
         owned.append(benign)
-        defended, latencies = ray.get(benign.run.remote(x_test))
+        defended, latencies = wait_for(benign.run.remote(x_test, 0), "the benign client to stream the test set",
+                                       timeout)
         _kill([owned.pop()])
         defended = torch.from_numpy(np.array(defended, dtype=np.float32))
         clean = predict_proba(victim.model, data.x_test)
@@ -227,74 +275,86 @@ def run_trial(cfg: TrialConfig) -> TrialResult:
         evaluate = _Evaluation(data.x_test, data.y_test, clean, defended)
 
         # the attacks, one after another, each repeat through its own workers
-        vinfo = VictimInfo(data.shape, data.num_classes, cfg.victim.arch)
+        vinfo = VictimInfo(data.shape, data.num_classes, cfg.victim.arch, tuple(served["input_range"]))
         for attack in cfg.attacks:
             key = attack.key
             for repeat in range(cfg.repeats):
+                step = f"attack {key!r} repeat {repeat}"
                 run = dataclasses.replace(attack, seed=attack.seed + repeat)
                 pool, pool_labels = pool_of(run)
                 workers, ids, budgets = spawn_attackers(
-                    service, f"{key}/r{repeat}", run.workers, run.budget, query_batch=run.query_batch,
-                    num_cpus=cfg.workers.num_cpus, num_gpus=cfg.workers.num_gpus)
+                    service, owner, f"{key}/r{repeat}", run.workers, run.budget, query_batch=run.query_batch,
+                    max_in_flight=max(1, min(4, cfg.service.max_queued // run.query_batch)),
+                    num_cpus=cfg.workers.num_cpus, num_gpus=cfg.workers.num_gpus,
+                    tags={"client_kind": "attacker", "attack": key, "repeat": repeat}, timeout_s=timeout)
                 owned.extend(workers)
-                kinds.update({cid: ("attacker", key, repeat) for cid in ids})
+                attackers.extend(ids)
                 checkpoint = _curve_recorder(run.checkpoints, evaluate, curves, key, repeat) if run.checkpoints else None
-                substitute = steal(run, RayQueryClient(workers, budgets), pool, vinfo, checkpoint, pool_labels)
+                substitute = steal(run, RayQueryClient(workers, budgets, timeout), pool, vinfo, checkpoint,
+                                   pool_labels)
                 _kill([owned.pop() for _ in workers])
-                ledger = ray.get(service.ledger.remote())
+                ledger = wait_for(service.ledger.remote(owner), "the service's ledger", timeout)
                 images = sum(ledger[cid]["images"] for cid in ids)
                 runs.append({"attack": key, "repeat": repeat, "seed": run.seed, "queries": float(images),
                              "perturbation_l1": sum(ledger[cid]["l1"] for cid in ids) / max(images, 1),
                              **evaluate(substitute)})
 
+        step = "reading the service's ledger and stats"
         metrics.update(aggregate(runs, [a.key for a in cfg.attacks], metrics["victim_accuracy"]))
-        ledger = ray.get(service.ledger.remote())
-        attacker = [c for c, (kind, _, _) in kinds.items() if kind == "attacker"]
-        metrics["perturbation_l1_attacker"] = (sum(ledger[c]["l1"] for c in attacker)
-                                               / max(1, sum(ledger[c]["images"] for c in attacker)))
-        stats = ray.get(service.stats.remote())
+        ledger = wait_for(service.ledger.remote(owner), "the service's ledger", timeout)
+        metrics["perturbation_l1_attacker"] = (sum(ledger[c]["l1"] for c in attackers)
+                                               / max(1, sum(ledger[c]["images"] for c in attackers)))
+        stats = wait_for(service.stats.remote(owner), "the service's stats", timeout)
         metrics["defense_latency_us"] = stats["defense_us_per_image"]
         info["service_stats"] = stats
-        rows = ray.get(service.request_log.remote())
+        wait_for(service.flush_log.remote(owner), "the service to write its request log", timeout)
+    except RayActorError as e:
+        raise _failure(e, service, step) from e
+    except TimedOut as e:
+        raise TrialFailed(f"{step}: {e}") from e
     finally:
         _kill(owned)
-    for row in rows:
-        row["client_kind"], row["attack"], row["repeat"] = kinds.get(row["client"], (row.get("kind", ""), "", 0))
     info["seconds"] = time.perf_counter() - t_start
     info["victim_from_cache"] = victim.from_cache
-    return TrialResult({k: float(v) for k, v in metrics.items()}, rows, info, runs, curves)
+    return TrialResult({k: float(v) for k, v in metrics.items()}, None, info, runs, curves, str(ledger_dir))
 
 
 # ---------------------------------------------------------------------------------------------- CLI
 SWEEP_KEYS = ("search", "objectives", "reference_point", "tracking", "defenses", "storage", "trial_resources")
 
 
-def trial_dict(raw) -> dict:
+def trial_dict(raw, defense: str | None = None) -> dict:
     """The trial config of a YAML document: a trial YAML as it is, or a sweep YAML's first point
-    (its first defense, each hyperparameter at its first value or lower bound)."""
+    (its first defense, each hyperparameter at its first value or lower bound).
+
+    `defense` (from `--set defense.name=X`) picks that defense instead: a sweep's point of it when the sweep
+    searches it, else X with its own defaults — the file's hyperparameters belong to another defense."""
     from orchestrator.errors import UserError
     from orchestrator.sweep_config import from_dict
 
     if not isinstance(raw, dict):
         raise UserError(f"expected a mapping at the top of the YAML, got {type(raw).__name__}")
     if not any(k in raw for k in SWEEP_KEYS):
-        return dict(raw)
+        data = dict(raw)
+        if defense is not None and (data.get("defense") or {}).get("name", "none") != defense:
+            data["defense"] = {"name": defense, "params": {}}
+        return data
     sweep = from_dict(raw)
-    first = sweep.spaces[0]
-    return sweep.base_trial() | {"defense": {"name": first.name, "params": first.example()}}
+    spaces = {sp.name: sp for sp in sweep.spaces}
+    space = spaces.get(defense) if defense is not None else sweep.spaces[0]
+    point = {"name": space.name, "params": space.example()} if space else {"name": defense, "params": {}}
+    return sweep.base_trial() | {"defense": point}
 
 
 def apply_override(data: dict, assignment: str) -> None:
     """Apply one `dotted.key=value` override in place; the value is parsed as YAML; list items by index
     (`attacks.0.budget=500`)."""
-    import yaml
-
-    from workloads.config import ConfigError
+    from workloads.config import ConfigError, parse_yaml
 
     key, sep, text = assignment.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE")
-    value = yaml.safe_load(text) if text.strip() else None
+    value = parse_yaml(text, f"--set {key.strip()}") if text.strip() else None
     parts = key.strip().split(".")
     node = data
     for i, part in enumerate(parts):
@@ -339,25 +399,22 @@ def _format_table(metrics: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def main(args) -> int:
-    """`heist trial CONFIG [--set k=v ...] [--json out.json]`."""
-    import yaml
+def load_trial(path, overrides=()) -> TrialConfig:
+    """The trial config of a trial or sweep YAML with `--set KEY=VALUE` overrides applied."""
+    from workloads.config import load_yaml
 
-    from orchestrator.errors import UserError
-
-    path = Path(args.config)
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
-    data = trial_dict(raw)
-    for assignment in getattr(args, "set", None) or []:
+    names = [a.partition("=")[2].strip() for a in overrides if a.partition("=")[0].strip() == "defense.name"]
+    data = trial_dict(load_yaml(path) or {}, names[-1] if names else None)
+    for assignment in overrides:
         apply_override(data, assignment)
     if data.get("cache_dir"):        # Tune trials chdir: make paths absolute now
         data["cache_dir"] = str(Path(data["cache_dir"]).expanduser().resolve())
-    cfg = trial_config(data)
+    return trial_config(data)
+
+
+def main(args) -> int:
+    """`heist trial CONFIG [--set k=v ...] [--json out.json]`."""
+    cfg = load_trial(args.config, getattr(args, "set", None) or [])
     started = not ray.is_initialized()
     try:
         result = run_trial(cfg)

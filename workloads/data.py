@@ -42,6 +42,7 @@ class Dataset:
 
 
 def _digits(root: Path):
+    """scikit-learn's bundled 8×8 handwritten digits (1,797 images, 10 classes); nothing to download."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -65,6 +66,7 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
 
 
 def _fashion_mnist(root: Path):
+    """Fashion-MNIST (28×28 grey, 10 classes): IDX files under the data root or Debian's dataset-fashion-mnist."""
     folders = [root / "fashion_mnist", root / "FashionMNIST" / "raw", root, DEBIAN_FASHION_MNIST]
     for folder in folders:
         files = [_find_idx(folder, s) for s in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -97,6 +99,8 @@ def _torchvision(cls_name: str, num_classes: int, split_kw: str = "train"):
             x = x.unsqueeze(1) if x.ndim == 3 else (x if x.shape[1] in (1, 3) else x.permute(0, 3, 1, 2))
             out += [x.contiguous(), torch.tensor(labels, dtype=torch.int64)]
         return (*out, num_classes)
+
+    load.__doc__ = f"torchvision's {cls_name} ({num_classes} classes), under the data root (downloaded when online)."
 
     return load
 

@@ -16,9 +16,11 @@ ROLES = (
     "substitute/init",       # the thief's initial weights
     "substitute/train",      # the thief's mini-batch order
     "attack/sampling",       # which images the attack queries, noise, generator inputs
+    "attack/generator",      # data-free attacks' generator initial weights (DFME, MAZE, MEGEX)
     "defense/surrogate",     # surrogate models a defense builds (MAD)
     "defense/misinformation",  # adaptive misinformation's model
-    "defense/noise",         # output noise keyed by the input (gaussian)
+    "defense/noise",         # output noise keyed by the input (gaussian); noise on explanations
+    "explainer/sampling",    # SmoothGrad's input noise in the service's explanations
     "hardening/surrogate",   # training-time defenses' surrogates (InI's frozen student)
     "hardening/data",        # training-time defenses' own sampling (OOD batches, watermark sets)
 )

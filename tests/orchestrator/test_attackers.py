@@ -34,10 +34,10 @@ def service(ray_session, digits_victim):
     from orchestrator.service import VictimSpec, service_actor
 
     spec = VictimSpec("lenet5", SHAPE, 10)          # no dataset needed by the `none` defense
-    actor = service_actor(spec, ray_session.put(digits_victim.model.state_dict()), None,
-                          ServiceConfig(max_batch=512, max_wait_ms=2.0, num_cpus=0.5))
+    actor, owner = service_actor(spec, ray_session.put(digits_victim.model.state_dict()), None,
+                                 ServiceConfig(max_batch=512, max_wait_ms=2.0, num_cpus=0.5))
     ray_session.get(actor.ready.remote())
-    yield actor
+    yield actor, owner
     ray_session.kill(actor)
 
 
@@ -53,7 +53,8 @@ def test_ray_query_client_uneven_queries_use_budget_exactly(ray_session, service
     from workloads.attacks import BudgetExceeded
 
     ray = ray_session
-    workers, ids, budgets = spawn_attackers(service, "uneven", 3, 100, query_batch=7, max_in_flight=2, num_cpus=0.25)
+    service, owner = service
+    workers, ids, budgets = spawn_attackers(service, owner, "uneven", 3, 100, query_batch=7, max_in_flight=2, num_cpus=0.25)
     try:
         assert budgets == [34, 33, 33]
         client = RayQueryClient(workers, budgets)
@@ -62,7 +63,7 @@ def test_ray_query_client_uneven_queries_use_budget_exactly(ray_session, service
         assert [len(p) for p in parts] == [1, 5, 55, 39]
         np.testing.assert_allclose(np.concatenate(parts), softmax(digits_victim.model, x), atol=1e-5)
         assert client.used == client.budget == 100 and client.remaining == [0, 0, 0]
-        ledger = ray.get(service.ledger.remote())
+        ledger = ray.get(service.ledger.remote(owner))
         assert [ledger[c]["images"] for c in ids] == budgets
         with pytest.raises(BudgetExceeded):
             client.query(x[:1])
@@ -79,14 +80,64 @@ def test_benign_client_streams_in_order_with_latencies(ray_session, service, dig
     from orchestrator.attackers import BenignClient
 
     ray = ray_session
+    service, owner = service
     x = digits_victim.data.x_test.numpy()
-    ray.get(service.register.remote("benign-t", len(x), "benign"))
-    benign = BenignClient.options(num_cpus=0.25).remote(service, "benign-t", 100)
+    key = ray.get(service.register.remote(owner, "benign-t", len(x), "benign"))
+    benign = BenignClient.options(num_cpus=0.25).remote(service, "benign-t", key, 100)
     try:
         probs, latencies = ray.get(benign.run.remote(x))
         np.testing.assert_allclose(probs, softmax(digits_victim.model, x), atol=1e-5)
         assert len(latencies) == -(-len(x) // 100) and all(l > 0 for l in latencies)
-        rec = ray.get(service.ledger.remote())["benign-t"]
+        rec = ray.get(service.ledger.remote(owner))["benign-t"]
         assert rec["kind"] == "benign" and rec["images"] == len(x)
     finally:
         ray.kill(benign)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(120)
+def test_a_worker_killed_mid_attack_is_restarted_and_resumes_its_stream(ray_session, digits_victim):
+    """Kill one of two workers while its slice is streaming: Ray restarts it and retries its call, the service answers
+    the requests it already answered from its record, and the query finishes with every image answered in order and
+    charged once (ledger == budget)."""
+    import threading
+    import time
+
+    from orchestrator.attackers import RayQueryClient, spawn_attackers
+    from orchestrator.config import ServiceConfig
+    from orchestrator.service import VictimSpec, service_actor
+
+    ray = ray_session
+    service, owner = service_actor(VictimSpec("lenet5", SHAPE, 10), ray.put(digits_victim.model.state_dict()), None,
+                                   ServiceConfig(max_batch=512, max_wait_ms=15.0, num_cpus=0.25))
+    workers, ids, budgets = spawn_attackers(service, owner, "kill", 2, 800, query_batch=8, max_in_flight=2,
+                                            num_cpus=0.25, timeout_s=60)
+    try:
+        client = RayQueryClient(workers, budgets, timeout_s=60)
+        x = np.random.default_rng(12).random((800, *SHAPE), dtype=np.float32)
+        first = client.query(x[:100])                          # stream 0 completes normally
+        out = {}
+        thread = threading.Thread(target=lambda: out.update(answers=client.query(x[100:])))
+        thread.start()
+        deadline = time.time() + 30
+        while ray.get(service.ledger.remote(owner))[ids[0]]["images"] < 50 + 80 and time.time() < deadline:
+            time.sleep(0.005)
+        charged_at_kill = ray.get(service.ledger.remote(owner))[ids[0]]["images"]
+        ray.kill(workers[0], no_restart=False)                 # SIGKILL-like: the process dies mid-stream
+        thread.join(60)
+        assert not thread.is_alive() and "answers" in out
+        assert 50 + 80 <= charged_at_kill < 400                # killed after stream 1 began, before it finished
+
+        answers = np.concatenate([first, out["answers"]])
+        np.testing.assert_allclose(answers, softmax(digits_victim.model, x), atol=1e-5)   # all, in order
+        ledger = ray.get(service.ledger.remote(owner))
+        assert [ledger[c]["images"] for c in ids] == budgets == [400, 400]                 # charged once each
+        assert ledger[ids[0]]["replayed"] > 0 and ledger[ids[1]]["replayed"] == 0
+        log = [r for r in ray.get(service.request_log.remote(owner)) if r["client"] in ids]
+        assert sum(r["images"] for r in log) == 800 and len({(r["client"], r["seq"]) for r in log}) == len(log)
+        stats = ray.get([w.stats.remote() for w in workers])
+        assert [s["restarted"] for s in stats] == [True, False] and [s["images"] for s in stats] == [400, 400]
+        assert client.used == client.budget == 800
+    finally:
+        for actor in [*workers, service]:
+            ray.kill(actor)

@@ -92,3 +92,34 @@ def test_the_frontier_names_the_attack_that_won_at_each_defense_point(tmp_path):
     assert out["table"]["strongest_attack"].tolist() == ["jbda", "knockoff_soft_split"]
     assert (tmp_path / "frontier.md").read_text().splitlines()[2].endswith("| 0.8000 | jbda |")
     assert pd.read_parquet(tmp_path / "trials.parquet")["strongest_attack"].tolist()[1] == "knockoff_soft_split"
+
+
+def test_tied_frontier_points_share_one_label():
+    from orchestrator.pareto import _labels
+
+    front = pd.DataFrame({"defense": ["dcp", "dcp", "reverse_sigmoid"], "hyperparameters": ["beta=0.5", "beta=0.6", "beta=1"],
+                          "defended_accuracy": [0.9, 0.9, 0.8], "stolen_accuracy": [0.5, 0.5, 0.3]})
+    labels = _labels(front, "defended_accuracy", "stolen_accuracy")
+    assert sorted(labels) == [(0.8, 0.3, "reverse_sigmoid beta=1"), (0.9, 0.5, "dcp beta=0.5\ndcp beta=0.6")]
+
+
+def test_the_plot_draws_error_bars_and_the_undefended_reference(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from orchestrator.pareto import frontier, plot
+
+    calls = {}
+    for name in ("errorbar", "scatter"):
+        real = getattr(matplotlib.axes.Axes, name)
+        monkeypatch.setattr(matplotlib.axes.Axes, name,
+                            lambda self, *a, _real=real, _name=name, **k: calls.setdefault(_name, []).append(k)
+                            or _real(self, *a, **k))
+    trials = frontier(pd.DataFrame({"defense": ["dcp", "dcp"], "hyperparameters": ["beta=0.5", "beta=0.9"],
+                                    "defended_accuracy": [0.9, 0.8], "stolen_accuracy": [0.5, 0.6],
+                                    "stolen_accuracy_std": [0.02, 0.03]}), ["defended_accuracy", "stolen_accuracy"],
+                      ["max", "min"])
+    plot(trials, ["defended_accuracy", "stolen_accuracy"], ["max", "min"], {"defended_accuracy": 0, "stolen_accuracy": 1},
+         0.5, tmp_path / "f.png", undefended={"defended_accuracy": 0.9, "stolen_accuracy": 0.7})
+    assert list(calls["errorbar"][0]["yerr"]) == [0.02, 0.03] and calls["errorbar"][0]["xerr"] is None
+    assert any(k.get("label") == "undefended (no defense)" for k in calls["scatter"])
+    assert (tmp_path / "f.png").stat().st_size > 0

@@ -70,13 +70,14 @@ def test_a_sweep_runs_every_trial_and_logs_each_as_a_child_run(finished):
     keys = [a.key for a in cfg.attacks]
     for run in children:
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
-        assert run.data.params.keys() == {"defense", "beta", "gamma"}
-        assert 0.05 <= float(run.data.params["beta"]) <= 1.0
+        assert run.data.params.keys() == {"defense", "reverse_sigmoid.beta", "reverse_sigmoid.gamma"}
+        assert 0.05 <= float(run.data.params["reverse_sigmoid.beta"]) <= 1.0
         assert set(run.data.metrics) == {
             "victim_accuracy", "defended_accuracy", "perturbation_l1", "perturbation_l1_attacker", "defense_latency_us",
             "stolen_accuracy", "fidelity", "agreement", "relative_accuracy", "victim_training/train_seconds",
+            "stolen_accuracy_vs_undefended", "fidelity_vs_undefended",
             *(f"{m}/{k}" for k in keys for m in ("stolen_accuracy", "fidelity", "agreement", "perturbation_l1",
-                                                 "queries"))}
+                                                 "queries", "stolen_accuracy_vs_undefended", "fidelity_vs_undefended"))}
         assert run.data.metrics["queries/knockoff_soft_split"] == 150
 
 
@@ -157,7 +158,7 @@ def test_an_interrupted_sweep_resumes_and_logs_every_trial_exactly_once(ray_sess
     assert main(["resume", str(sweep_dir)]) == 0
     runs = trial_runs(uri)
     assert sorted(r.data.tags["heist.trial_id"] for r in runs) == sorted({r.data.tags["heist.trial_id"] for r in runs})
-    assert sorted(float(r.data.params["beta"]) for r in runs) == [0.05, 0.2, 0.5, 1.0]    # each grid point once
+    assert sorted(float(r.data.params["reverse_sigmoid.beta"]) for r in runs) == [0.05, 0.2, 0.5, 1.0]    # each grid point once
     parent = MlflowClient(uri).get_run(runs[0].data.tags["mlflow.parentRunId"])
     assert parent.info.status == "FINISHED" and "hypervolume" in parent.data.metrics
 

@@ -70,7 +70,7 @@ def test_each_trial_is_a_child_run_with_params_metrics_and_its_ledger(cfg, track
     child = runs[0]
     assert child.data.tags["mlflow.parentRunId"] == tracker.parent_run_id
     assert child.info.run_name == "dcp beta=0.5"
-    assert child.data.params == {"defense": "dcp", "beta": "0.5", "gamma": "0.2"}
+    assert child.data.params == {"defense": "dcp", "dcp.beta": "0.5", "dcp.gamma": "0.2"}
     assert {k: v for k, v in child.data.metrics.items() if not k.startswith("curve/")} == {
         "defended_accuracy": 0.95, "stolen_accuracy": 0.8, "stolen_accuracy/knockoff_soft_split": 0.8}
     assert [a.path for a in client.list_artifacts(child.info.run_id, "ledger")] == ["ledger/t1.parquet"]

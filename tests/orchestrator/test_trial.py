@@ -38,6 +38,32 @@ def test_trial_dict_runs_a_sweeps_first_point():
     assert data["attacks"][0]["budget"] == 50
 
 
+def test_set_defense_name_picks_that_defense_without_the_files_hyperparameters():
+    """`heist trial sweep.yaml --set defense.name=none` runs undefended: the first point's beta is not kept."""
+    from orchestrator.config import trial_config
+
+    sweep = {"defenses": [{"name": "dcp", "params": {"beta": {"uniform": [0.3, 1.0]}}},
+                          {"name": "reverse_sigmoid", "params": {"beta": [0.1, 0.5]}}], "search": {"num_samples": 2}}
+    assert trial_config(trial_dict(sweep, "none")).defense.name == "none"
+    assert trial_dict(sweep, "reverse_sigmoid")["defense"] == {"name": "reverse_sigmoid",
+                                                               "params": {"beta": 0.1, "gamma": 0.2}}
+    assert trial_dict(sweep, "gaussian")["defense"] == {"name": "gaussian", "params": {}}
+    trial = {"defense": {"name": "dcp", "params": {"beta": 0.9}}}
+    assert trial_dict(trial, "none")["defense"] == {"name": "none", "params": {}}
+    assert trial_dict(trial, "dcp") == trial
+
+
+def test_set_defense_name_none_on_a_sweep_file_loads_without_further_overrides(tmp_path):
+    from orchestrator.trial import load_trial
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"defense": {"name": "dcp", "params": {"beta": [0.5, 0.9]}},
+                                    "search": {"num_samples": 2}}))
+    cfg = load_trial(path, ["defense.name=none"])
+    assert cfg.defense.name == "none" and cfg.defense.params == {}
+    assert load_trial(path, ["defense.name=dcp", "defense.params.beta=0.7"]).defense.params["beta"] == 0.7
+
+
 def wait_for_full_resources(ray, total, timeout=30.0):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -209,3 +235,95 @@ def test_a_real_defense_with_repeats_and_budget_curves(ray_session, victim_cache
         (r, c) for r in range(3) for c in (80, 240)]
     final = {c["repeat"]: c["stolen_accuracy"] for c in result.curves if c["checkpoint"] == 240}
     assert [final[r] for r in range(3)] == pytest.approx(accs)   # the last point is the finished substitute
+
+
+def small_trial(victim_cache, **attack):
+    from orchestrator.config import trial_config
+
+    data = yaml.safe_load(YAML.read_text())
+    data.update(cache_dir=victim_cache, attacks=data["attacks"][:1])
+    data["attacks"][0].update({"train": {"epochs": 1}, **attack})
+    data["service"].update(num_cpus=0.25, max_wait_ms=20.0)
+    return data
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(120)
+def test_a_killed_victim_service_fails_the_trial_with_the_reason(ray_session, victim_cache, digits_victim,
+                                                                 monkeypatch):
+    import threading
+
+    from orchestrator import trial
+    from orchestrator.config import trial_config
+
+    ray = ray_session
+    total = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
+    started = []
+
+    def observed_service_actor(*args, **kwargs):      # the real service; the test keeps its handle and owner token
+        started.append(trial.service_actor.__wrapped_real__(*args, **kwargs))
+        return started[-1]
+
+    observed_service_actor.__wrapped_real__ = trial.service_actor
+    monkeypatch.setattr(trial, "service_actor", observed_service_actor)
+    cfg = trial_config(small_trial(victim_cache, budget=1200, query_batch=8))
+    outcome = {}
+
+    def run():
+        try:
+            trial.run_trial(cfg)
+        except Exception as e:
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.time() + 60
+    while time.time() < deadline:                       # wait until the attack is streaming
+        if started:
+            service, owner = started[0]
+            ledger = ray.get(service.ledger.remote(owner))
+            if sum(r["images"] for c, r in ledger.items() if c != "benign") >= 50:
+                break
+        time.sleep(0.02)
+    ray.kill(service)
+    thread.join(60)
+    assert not thread.is_alive()
+    err = outcome.get("error")
+    assert isinstance(err, trial.TrialFailed), repr(err)
+    msg = str(err)
+    assert msg.startswith("attack 'knockoff_soft_split' repeat 0: the victim service died") and "\n" not in msg, msg
+    avail = wait_for_full_resources(ray, total)       # the trial's workers were cleaned up
+    assert all(avail.get(k, 0.0) >= v - 1e-6 for k, v in total.items()), (avail, total)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(60)
+def test_every_wait_of_the_trial_is_bounded_and_names_what_it_waited_for(ray_session, victim_cache, digits_victim):
+    from orchestrator.config import trial_config
+    from orchestrator.trial import TrialFailed, run_trial
+
+    with pytest.raises(TrialFailed, match=r"^starting the victim service: timed out waiting for the victim service to "
+                                          r"start \(ready\): no answer after 0.001 s$"):
+        run_trial(trial_config({**small_trial(victim_cache), "timeout_s": 0.001}))
+    with pytest.raises(ConfigError, match="timeout_s: expected a number > 0, got 0"):
+        trial_config({**small_trial(victim_cache), "timeout_s": 0})
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(120)
+def test_run_trial_streams_its_request_log_to_the_directory_it_names(ray_session, victim_cache, digits_victim,
+                                                                    tmp_path):
+    from orchestrator import ledger as request_logs
+    from orchestrator.config import trial_config
+    from orchestrator.trial import run_trial
+
+    data = small_trial(victim_cache, budget=120, query_batch=8)
+    data["service"]["log_chunk"] = 5
+    result = run_trial(trial_config(data), ledger_dir=tmp_path / "ledger")
+    parts = sorted((tmp_path / "ledger").glob("part-*.parquet"))
+    rows = request_logs.read(tmp_path / "ledger")
+    n_test = len(digits_victim.data.x_test)
+    assert len(parts) == -(-len(rows) // 5) >= 3 and result.ledger == rows and result.ledger_rows is None
+    assert sum(r["images"] for r in rows if r["attack"] == "knockoff_soft_split") == 120
+    assert sum(r["images"] for r in rows if r["client_kind"] == "benign") == n_test
+    assert {r["repeat"] for r in rows} == {0} and result.info["service_stats"]["log_rows_in_memory"] < 5

@@ -63,3 +63,29 @@ def test_label_mode_defaults_follow_each_paper():
 def test_a_client_batch_larger_than_the_service_accepts_is_rejected_up_front():
     (err,) = errors_of({"service": {"max_request": 100}, "attacks": [{"query_batch": 256}]})
     assert err == "attacks[0].query_batch: 256 images per request exceeds service.max_request (100)"
+
+
+def test_a_partial_block_overrides_only_the_keys_it_names():
+    """`train: {epochs: 5}` keeps the documented defaults of its siblings (the field's default instance),
+    not the class defaults of TrainConfig (batch 128, lr 1e-3)."""
+    cfg = trial_config({"victim": {"train": {"epochs": 5}}, "attacks": [{"train": {"batch_size": 32}}],
+                        "service": {"max_batch": 64}})
+    assert cfg.victim.train == dataclasses.replace(trial_config({}).victim.train, epochs=5)
+    assert (cfg.victim.train.batch_size, cfg.victim.train.lr) == (64, 2e-3)
+    assert (cfg.attacks[0].train.epochs, cfg.attacks[0].train.batch_size, cfg.attacks[0].train.lr) == (30, 32, 1e-3)
+    assert cfg.service.max_request == 4096 and cfg.service.max_batch == 64
+
+
+def test_a_partial_block_still_reports_bad_values_with_their_path():
+    assert errors_of({"victim": {"train": {"epochs": 0, "batch": 3}}}) == [
+        "victim.train.batch: unknown key (did you mean 'batch_size'?)"]
+    assert errors_of({"victim": {"train": {"epochs": 0}}}) == ["victim.train.epochs: expected >= 1, got 0"]
+
+
+def test_a_partial_block_keeps_fields_derived_from_the_keys_it_names():
+    """`search: {algorithm: grid}` derives its sampler from the algorithm; the default block's derived 'tpe' is
+    not carried over."""
+    from orchestrator.sweep_config import from_dict
+
+    cfg = from_dict({"defense": {"name": "dcp", "params": {"beta": [0.5, 0.9]}}, "search": {"algorithm": "grid"}}, "x")
+    assert cfg.search.sampler == "grid" and cfg.search.num_samples == 2

@@ -1,8 +1,10 @@
 """Model-extraction attacks, a registry by name.
 
 An attack never holds the victim: it talks to a `QueryClient`, which answers `query(x)` with the
-(defended) posteriors and counts every image against the attack's budget. In-process tests use
-`LocalQueryClient`; trials use a client that fans queries out over Ray attacker workers.
+(defended) posteriors and counts every image against the attack's budget; `explain(x, request)`
+returns gradient explanations (workloads.explanations) and counts their victim evaluations.
+In-process tests use `LocalQueryClient`; trials use a client that fans queries out over Ray attacker
+workers.
 
 Each attack lives in its own module and registers itself with its typed Params (the YAML's
 `attacks[].params`) and the label mode of its paper:
@@ -32,7 +34,8 @@ import torch
 import torch.nn as nn
 
 from workloads.config import ConfigError, check_choice, parse, positive
-from workloads.data import SURROGATE_KINDS
+from workloads.data import LOADERS, SURROGATE_KINDS
+from workloads.explanations import ExplainRequest, add_noise, check_weights, explain
 from workloads.training import TrainConfig
 
 
@@ -47,12 +50,40 @@ class QueryClient(Protocol):
     def query(self, x: np.ndarray) -> np.ndarray:
         """Posteriors (N, K) for images x (N, C, H, W), float32; charges N images to the budget."""
 
+    def explain(self, x: np.ndarray, request: ExplainRequest,
+                weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(defended posteriors (N, K), explanations (N, rows, C, H, W)); charges N x request.cost(K)."""
+
 
 class LocalQueryClient:
-    """A QueryClient over an in-process answer function (a model plus defense), for tests and debugging."""
+    """A QueryClient over an in-process answer function (a model plus defense), for tests and debugging.
 
-    def __init__(self, answer: Callable[[torch.Tensor], torch.Tensor], budget: int):
+    `from_model` also serves `explain`, computed in-process with the service's code and charging rules."""
+
+    def __init__(self, answer: Callable[[torch.Tensor], torch.Tensor], budget: int,
+                 explainer: Callable | None = None, num_classes: int | None = None):
         self.answer, self.budget, self.used = answer, budget, 0
+        self.explainer, self.num_classes = explainer, num_classes
+
+    @classmethod
+    def from_model(cls, model: nn.Module, budget: int, defense: Callable | None = None,
+                   explanation_noise: float = 0.0, seed: int = 0) -> "LocalQueryClient":
+        """A client of `model` behind `defense(probs, x)` (none: the clean posteriors), explanations on."""
+        from workloads.seeds import derive_seed
+
+        defend = defense or (lambda p, x: p)
+        sampling = torch.Generator().manual_seed(derive_seed("explainer/sampling", seed))
+        noise = torch.Generator().manual_seed(derive_seed("defense/noise", seed))
+
+        def answer(x):
+            return defend(torch.softmax(model(x), 1), x)
+
+        def explainer(x, request, weights):
+            probs, grads = explain(model, x, request, weights, generator=sampling)
+            with torch.inference_mode():
+                return defend(probs, x), add_noise(grads, explanation_noise, noise)
+
+        return cls(answer, budget, explainer, model.head.out_features)
 
     def query(self, x: np.ndarray) -> np.ndarray:
         if self.used + len(x) > self.budget:
@@ -60,6 +91,19 @@ class LocalQueryClient:
         self.used += len(x)
         with torch.inference_mode():
             return self.answer(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+
+    def explain(self, x: np.ndarray, request: ExplainRequest, weights: np.ndarray | None = None):
+        if self.explainer is None:
+            raise ValueError("explain: this client was built without an explainer (use LocalQueryClient.from_model)")
+        check_weights(weights, len(x), self.num_classes, request.mode)
+        cost = len(x) * request.cost(self.num_classes)
+        if self.used + cost > self.budget:
+            raise BudgetExceeded(f"explanation of {len(x)} images ({cost} evaluations) exceeds budget "
+                                 f"({self.used}/{self.budget} used)")
+        self.used += cost
+        w = None if weights is None else torch.from_numpy(np.asarray(weights, dtype=np.float32))
+        probs, grads = self.explainer(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), request, w)
+        return probs.float().numpy(), grads.float().numpy()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +118,8 @@ class SurrogateConfig:
         check_choice("kind", self.kind, SURROGATE_KINDS)
         if self.kind == "dataset" and not self.name:
             raise ConfigError("name: required when kind is 'dataset'")
+        if self.kind == "dataset":
+            check_choice("name", self.name, LOADERS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +145,9 @@ class AttackConfig:
         check_choice("name", self.name, REGISTRY)
         positive("budget", self.budget)
         positive("workers", self.workers)
+        if self.workers > self.budget:
+            raise ConfigError(f"workers: {self.workers} workers for a budget of {self.budget} images leaves some "
+                              f"with nothing to send; at most {self.budget}")
         positive("query_batch", self.query_batch)
         positive("seed", self.seed, 0)
         for i, c in enumerate(self.checkpoints):
@@ -127,11 +176,12 @@ class AttackConfig:
 
 @dataclasses.dataclass
 class VictimInfo:
-    """What an attacker knows about the victim's interface (public: input shape and classes)."""
+    """What an attacker knows about the victim's interface (public: input shape, classes, input range)."""
 
     shape: tuple[int, int, int]
     num_classes: int
     arch: str
+    input_range: tuple[float, float] = (0.0, 1.0)   # the service rejects queries with any pixel outside it
 
 
 Checkpoint = Callable[[int, nn.Module], None]
@@ -142,7 +192,8 @@ class AttackSpec:
     params: type
     steal: Callable
     labels: str            # the label mode of the attack's paper ("soft" / "hard")
-    pool_labels: bool      # whether steal() takes the query pool's class labels
+    explanations: bool = False   # calls QueryClient.explain (the service must serve explanations)
+    pool_labels: bool = False    # steal() takes the query pool's class labels (sampling by class)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,11 +205,12 @@ REGISTRY: dict[str, AttackSpec] = {}
 
 
 def register(name: str, params_cls: type = NoParams, labels: Literal["soft", "hard"] = "soft",
-             pool_labels: bool = False):
-    """Register `steal(cfg, params, client, pool, victim, checkpoint[, pool_labels]) -> substitute` under `name`."""
+             explanations: bool = False, pool_labels: bool = False):
+    """Register `steal(cfg, params, client, pool, victim, checkpoint[, pool_labels]) -> substitute` under `name`;
+    `explanations=True` when it calls `client.explain`, `pool_labels=True` when it takes the pool's class labels."""
 
     def deco(fn):
-        REGISTRY[name] = AttackSpec(params_cls, fn, labels, pool_labels)
+        REGISTRY[name] = AttackSpec(params_cls, fn, labels, explanations, pool_labels)
         return fn
 
     return deco

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from workloads.config import above, in_range, positive
+from workloads.config import above, in_range, knob, positive
 from workloads.defenses import DefenseContext, register
 from workloads.models import build_model
 from workloads.seeds import derive_seed
@@ -32,9 +32,10 @@ MISINFORMATION_LR = 3e-3
 
 @dataclasses.dataclass(frozen=True)
 class AdaptiveMisinformationParams:
-    tau: float = 0.5
-    nu: float = 1000.0
-    misinformation_epochs: int = 5
+    tau: float = knob(0.5, "confidence threshold: answers whose top probability is below tau come from the "
+                           "misinformation model", "[0, 1.5]")
+    nu: float = knob(1000.0, "sharpness of the switch at tau (official code 10000, GRAD²'s reimplementation 1000)", "> 0")
+    misinformation_epochs: int = knob(5, "epochs training the misinformation model on the victim's training data", ">= 1")
 
     def __post_init__(self):
         in_range("tau", self.tau, 0.0, 1.5)

@@ -19,15 +19,16 @@ import dataclasses
 
 import torch
 
-from workloads.config import above, positive
+from workloads.config import above, knob, positive
 from workloads.defenses import register
 
 
 @dataclasses.dataclass(frozen=True)
 class DCPParams:
-    beta: float = 0.5
-    gamma: float = 0.2
-    nu: float = 1000.0
+    beta: float = knob(0.5, "confidence threshold and perturbation size at once: answers whose top probability is "
+                            "below beta are perturbed, confident ones pass; beta > 1 perturbs every answer", ">= 0")
+    gamma: float = knob(0.2, "slope of the reverse sigmoid on the log-odds: smaller flattens answers more", "> 0")
+    nu: float = knob(1000.0, "sharpness of the confidence gate at beta (the reference code's 1000)", "> 0")
 
     def __post_init__(self):
         positive("beta", self.beta, 0)

@@ -20,7 +20,7 @@ import hashlib
 import numpy as np
 import torch
 
-from workloads.config import positive
+from workloads.config import knob, positive
 from workloads.defenses import register
 from workloads.seeds import derive_seed
 
@@ -29,7 +29,8 @@ SPLITMIX_INCREMENT = np.uint64(0x9E3779B97F4A7C15)
 
 @dataclasses.dataclass(frozen=True)
 class GaussianParams:
-    sigma: float = 0.2
+    sigma: float = knob(0.2, "standard deviation of the Gaussian noise added to each probability before the answer is "
+                             "projected back onto the simplex", ">= 0")
 
     def __post_init__(self):
         positive("sigma", self.sigma, 0)
@@ -41,7 +42,7 @@ def project_onto_simplex(v: torch.Tensor) -> torch.Tensor:
     excess = sorted_desc.cumsum(1) - 1
     ranks = torch.arange(1, v.shape[1] + 1, device=v.device, dtype=v.dtype)
     support = ((sorted_desc - excess / ranks) > 0) * ranks
-    rho = support.amax(1, keepdim=True)
+    rho = support.amax(1, keepdim=True).clamp_min(1)   # a NaN row has no support: it stays NaN, and row-local
     threshold = excess.gather(1, rho.long() - 1) / rho
     return (v - threshold).clamp_min(0)
 

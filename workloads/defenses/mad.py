@@ -30,7 +30,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from workloads.config import positive
+from workloads.config import knob, positive
 from workloads.defenses import DefenseContext, register
 from workloads.models import build_model
 from workloads.seeds import derive_seed
@@ -38,7 +38,7 @@ from workloads.seeds import derive_seed
 
 @dataclasses.dataclass(frozen=True)
 class MADParams:
-    epsilon: float = 0.5
+    epsilon: float = knob(0.5, "ℓ1 budget: the largest ‖ỹ − y‖₁ between an answer and the clean posteriors", ">= 0")
 
     def __post_init__(self):
         positive("epsilon", self.epsilon, 0)

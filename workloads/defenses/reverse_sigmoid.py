@@ -14,14 +14,14 @@ import dataclasses
 
 import torch
 
-from workloads.config import above, positive
+from workloads.config import above, knob, positive
 from workloads.defenses import normalize, register
 
 
 @dataclasses.dataclass(frozen=True)
 class ReverseSigmoidParams:
-    beta: float = 1.0
-    gamma: float = 0.2
+    beta: float = knob(1.0, "perturbation size: how much of σ(γ·logit y) − ½ is subtracted from each probability", ">= 0")
+    gamma: float = knob(0.2, "slope of the sigmoid on the logit: small gamma squashes every class towards ½", "> 0")
 
     def __post_init__(self):
         positive("beta", self.beta, 0)

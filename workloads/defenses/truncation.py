@@ -15,13 +15,13 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from workloads.config import positive
+from workloads.config import knob, positive
 from workloads.defenses import normalize, register
 
 
 @dataclasses.dataclass(frozen=True)
 class RoundingParams:
-    decimals: int = 2
+    decimals: int = knob(2, "decimal places kept in each probability (rows are then renormalised)", ">= 0")
 
     def __post_init__(self):
         positive("decimals", self.decimals, 0)
@@ -29,7 +29,7 @@ class RoundingParams:
 
 @dataclasses.dataclass(frozen=True)
 class TopKParams:
-    k: int = 1
+    k: int = knob(1, "classes kept, the most likely ones (1 releases the label only)", ">= 1")
 
     def __post_init__(self):
         positive("k", self.k)

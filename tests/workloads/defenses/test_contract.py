@@ -69,3 +69,13 @@ def test_permuting_the_batch_permutes_the_answers(defense, queries, batch_size):
 def test_the_same_query_gets_the_same_answer(defense, queries):
     probs, x = queries
     assert torch.equal(defense(probs, x), defense(probs, x))
+
+
+def test_a_non_finite_row_neither_raises_nor_touches_the_other_rows(defense, queries):
+    """NaN-safe: a row whose posteriors are NaN (a victim whose logits overflowed) is the only row it can change."""
+    probs, x = queries[0][:7].clone(), queries[1][:7].clone()
+    expected = defense(probs, x)
+    probs[3], x[3] = float("nan"), 3e38
+    out = defense(probs, x)
+    others = [0, 1, 2, 4, 5, 6]
+    torch.testing.assert_close(out[others], expected[others], atol=ROUND_OFF, rtol=0)
