@@ -63,10 +63,20 @@ def hypervolume(values, reference, modes) -> float:
     return _hv_min([tuple(row) for row in v if not np.isnan(row).any()], ref)
 
 
+def strongest_attack(trials: pd.DataFrame) -> pd.Series:
+    """Per trial, the attack key with the highest mean stolen accuracy (its `stolen_accuracy/<attack>` column):
+    the attack that decides a worst-case `stolen_accuracy` objective. Empty where no attack was scored."""
+    cols = [c for c in trials.columns if c.startswith("stolen_accuracy/")]
+    scores = trials[cols].apply(pd.to_numeric, errors="coerce") if cols else pd.DataFrame(index=trials.index)
+    return pd.Series([row.idxmax().partition("/")[2] if row.notna().any() else "" for _, row in scores.iterrows()],
+                     index=trials.index, dtype=object)
+
+
 def frontier(trials: pd.DataFrame, metrics: list[str], modes: list[str]) -> pd.DataFrame:
-    """`trials` with a boolean `pareto` column (missing objective columns count as NaN)."""
+    """`trials` with a boolean `pareto` column (missing objective columns count as NaN) and `strongest_attack`."""
     values = trials.reindex(columns=metrics).to_numpy(dtype=float)
-    return trials.assign(pareto=non_dominated(values, modes) if len(trials) else [])
+    return trials.assign(pareto=non_dominated(values, modes) if len(trials) else [],
+                         strongest_attack=strongest_attack(trials))
 
 
 def _fmt(v) -> str:
@@ -84,9 +94,11 @@ def markdown(df: pd.DataFrame) -> str:
 
 
 def table(trials: pd.DataFrame, metrics: list[str], modes: list[str]) -> pd.DataFrame:
-    """The frontier's rows for people: trial, defense, hyperparameters and objectives, best first."""
+    """The frontier's rows for people: trial, defense, hyperparameters, objectives and (where attacks were scored)
+    the strongest attack, best first."""
     front = trials[trials["pareto"]]
-    cols = ["trial_id", "defense", "hyperparameters", *metrics]
+    scored = "strongest_attack" in trials and (trials["strongest_attack"] != "").any()
+    cols = ["trial_id", "defense", "hyperparameters", *metrics, *(["strongest_attack"] if scored else [])]
     return front.reindex(columns=cols).sort_values(metrics[0], ascending=modes[0] == "min").reset_index(drop=True)
 
 
@@ -94,8 +106,9 @@ def _labels(front: pd.DataFrame, x: str, y: str) -> list[tuple[float, float, str
     """One label per distinct frontier point: trials that tie (same objectives to 4 decimals) share it."""
     groups: dict[tuple, list[str]] = {}
     for _, row in front.iterrows():
+        strongest = f" [{row['strongest_attack']}]" if row.get("strongest_attack") else ""
         groups.setdefault((round(float(row[x]), 4), round(float(row[y]), 4)), []).append(
-            f"{row['defense']} {row['hyperparameters']}".strip())
+            f"{row['defense']} {row['hyperparameters']}".strip() + strongest)
     out = []
     for (px, py), names in groups.items():
         text = "\n".join(names[:3]) + (f"\n+{len(names) - 3} more" if len(names) > 3 else "")
@@ -105,7 +118,8 @@ def _labels(front: pd.DataFrame, x: str, y: str) -> list[tuple[float, float, str
 
 def plot(trials: pd.DataFrame, metrics: list[str], modes: list[str], reference: dict, hv: float, path,
          undefended: dict | None = None) -> None:
-    """PNG: every trial, the frontier highlighted, joined and labelled with its hyperparameters.
+    """PNG: every trial, the frontier highlighted, joined and labelled with its hyperparameters and, in brackets,
+    the strongest attack at that point.
 
     Two objectives span the axes (the first two, when there are more); one objective is drawn against
     the trial's position in the sweep. Trials with `<metric>_std` columns (repeats) get error bars of ± 1 sd;

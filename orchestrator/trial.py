@@ -157,6 +157,17 @@ def _curve_recorder(checkpoints: list[int], evaluate: _Evaluation, rows: list[di
     return checkpoint
 
 
+def _check_pool(index: int, attack, pool_size: int) -> None:
+    """The attack's pool-size checks, with the error naming `attacks[index].<field>`."""
+    from workloads.attacks import check_pool
+    from workloads.config import ConfigError
+
+    try:
+        check_pool(attack, pool_size)
+    except ConfigError as e:
+        raise ConfigError([f"attacks[{index}].{m}" for m in e.errors]) from None
+
+
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
     """Mean and sample standard deviation (None for a single value)."""
     v = np.asarray(values, dtype=np.float64)
@@ -210,7 +221,7 @@ def _run_trial(cfg: TrialConfig, ledger_dir: Path) -> TrialResult:
     from workloads import metrics as M
     from workloads import ownership
     from workloads.attacks import VictimInfo, steal
-    from workloads.data import surrogate_pool
+    from workloads.data import labelled_surrogate_pool
     from workloads.training import predict_proba
     from workloads.victims import load_or_train
 
@@ -221,6 +232,14 @@ def _run_trial(cfg: TrialConfig, ledger_dir: Path) -> TrialResult:
     victim = load_or_train(cfg.victim, cfg.cache_dir)
     data = victim.data
     timeout = cfg.timeout_s
+
+    def pool_of(run):
+        s = run.surrogate
+        return labelled_surrogate_pool(s.kind, data, name=s.name, size=s.size, seed=run.seed,
+                                       data_root=cfg.victim.data_root)
+
+    for i, attack in enumerate(cfg.attacks):      # pool sizes do not depend on the seed: check before any actor
+        _check_pool(i, attack, len(pool_of(attack)[0]))
     owned: list = []           # every actor this trial created, killed in `finally`
     runs: list[dict] = []
     curves: list[dict] = []
@@ -270,8 +289,7 @@ def _run_trial(cfg: TrialConfig, ledger_dir: Path) -> TrialResult:
             for repeat in range(cfg.repeats):
                 step = f"attack {key!r} repeat {repeat}"
                 run = dataclasses.replace(attack, seed=attack.seed + repeat)
-                pool = surrogate_pool(run.surrogate.kind, data, name=run.surrogate.name, size=run.surrogate.size,
-                                      seed=run.seed, data_root=cfg.victim.data_root)
+                pool, pool_labels = pool_of(run)
                 workers, ids, budgets = spawn_attackers(
                     service, owner, f"{key}/r{repeat}", run.workers, run.budget, query_batch=run.query_batch,
                     max_in_flight=max(1, min(4, cfg.service.max_queued // run.query_batch)),
@@ -280,7 +298,8 @@ def _run_trial(cfg: TrialConfig, ledger_dir: Path) -> TrialResult:
                 owned.extend(workers)
                 attackers.extend(ids)
                 checkpoint = _curve_recorder(run.checkpoints, evaluate, curves, key, repeat) if run.checkpoints else None
-                substitute = steal(run, RayQueryClient(workers, budgets, timeout), pool, vinfo, checkpoint)
+                substitute = steal(run, RayQueryClient(workers, budgets, timeout), pool, vinfo, checkpoint,
+                                   pool_labels)
                 client_stats |= dict(zip(ids, ray.get([w.stats.remote() for w in workers])))
                 pow_clients.setdefault(key, []).extend(ids)
                 _kill([owned.pop() for _ in workers])

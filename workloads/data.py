@@ -173,16 +173,25 @@ def surrogate_pool(kind: str, victim: Dataset, *, name: str | None = None, size:
     kind `split`: the victim dataset's pool split (disjoint from its train and test data);
     `dataset`: another dataset's train images resized to the victim's shape; `noise`: uniform noise.
     """
+    return labelled_surrogate_pool(kind, victim, name=name, size=size, seed=seed, data_root=data_root)[0]
+
+
+def labelled_surrogate_pool(kind: str, victim: Dataset, *, name: str | None = None, size: int | None = None,
+                            seed: int = 0, data_root=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`surrogate_pool` with the pool's own class labels (None for noise): the labels of the attacker's
+    data, which attacks that sample by class (adaptive Knockoff Nets) use; never the victim's answers."""
     check_choice("surrogate.kind", kind, SURROGATE_KINDS)
     if kind == "split":
-        return victim.x_pool
+        return victim.x_pool, victim.y_pool
     if kind == "noise":
         n = size or len(victim.x_pool)
-        return torch.rand((n, *victim.shape), generator=torch.Generator().manual_seed(derive_seed("attack/sampling", seed)))
+        gen = torch.Generator().manual_seed(derive_seed("attack/sampling", seed))
+        return torch.rand((n, *victim.shape), generator=gen), None
     if not name:
         raise ConfigError("surrogate.name: required when surrogate.kind is 'dataset'")
     if name == victim.name:
         raise ConfigError(f"surrogate.name: {name!r} is the victim's own dataset, whose train and test images would "
                           f"leak into the attacker's pool; use surrogate.kind: split for its disjoint pool")
     other = load_dataset(name, seed=seed, pool_fraction=0.0, data_root=data_root)
-    return to_shape(torch.cat([other.x_train, other.x_test]), victim.shape)
+    return (to_shape(torch.cat([other.x_train, other.x_test]), victim.shape),
+            torch.cat([other.y_train, other.y_test]))

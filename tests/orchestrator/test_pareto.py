@@ -81,6 +81,19 @@ def test_markdown_tables_render_numbers_with_four_decimals():
     assert markdown(pd.DataFrame({"x": ["a"], "y": [0.123456]})) == "| x | y |\n|---|---|\n| a | 0.1235 |"
 
 
+def test_the_frontier_names_the_attack_that_won_at_each_defense_point(tmp_path):
+    """A worst-case objective (`stolen_accuracy` = max over attacks) shows which attack decided each point."""
+    df = trials().assign(**{"stolen_accuracy/jbda": [0.80, 0.30, 0.85, 0.05],
+                            "stolen_accuracy/knockoff_soft_split": [0.70, 0.60, 0.10, 0.10],
+                            "stolen_accuracy_std/jbda": [0.9, 0.9, 0.9, 0.9]})     # an sd never wins
+    out = write(df, ["defended_accuracy", "stolen_accuracy"], MAX_MIN,
+                {"defended_accuracy": 0.0, "stolen_accuracy": 1.0}, tmp_path)
+    assert out["trials"]["strongest_attack"].tolist() == ["jbda", "knockoff_soft_split", "jbda", "knockoff_soft_split"]
+    assert out["table"]["strongest_attack"].tolist() == ["jbda", "knockoff_soft_split"]
+    assert (tmp_path / "frontier.md").read_text().splitlines()[2].endswith("| 0.8000 | jbda |")
+    assert pd.read_parquet(tmp_path / "trials.parquet")["strongest_attack"].tolist()[1] == "knockoff_soft_split"
+
+
 def test_tied_frontier_points_share_one_label():
     from orchestrator.pareto import _labels
 

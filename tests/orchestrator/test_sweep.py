@@ -91,7 +91,11 @@ def test_the_frontier_is_the_non_dominated_set_of_the_child_runs(finished):
     parent = parents[0].info.run_id
     client = MlflowClient(cfg.tracking.uri)
     csv = client.download_artifacts(parent, "pareto/frontier.csv", str(Path(cfg.storage)))
-    assert set(pd.read_csv(csv, dtype={"trial_id": str})["trial_id"]) == brute_force
+    frontier = pd.read_csv(csv, dtype={"trial_id": str})
+    assert set(frontier["trial_id"]) == brute_force
+    for row in frontier.itertuples():      # the attack whose stolen accuracy is the trial's worst case
+        metrics = next(r.data.metrics for r in children if r.data.tags["heist.trial_id"] == row.trial_id)
+        assert metrics[f"stolen_accuracy/{row.strongest_attack}"] == metrics["stolen_accuracy"]
     assert "hypervolume" in client.get_run(parent).data.metrics
     assert all(f"| {t} | reverse_sigmoid | beta=" in out for t in brute_force)
     assert f"mlflow ui --backend-store-uri {cfg.tracking.uri}" in out

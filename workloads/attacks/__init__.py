@@ -12,9 +12,15 @@ Each attack lives in its own module and registers itself with its typed Params (
     @register("knockoff", KnockoffParams, labels="soft")
     def steal(cfg, params, client, pool, victim, checkpoint) -> nn.Module: ...
 
+An attack registered with `pool_labels=True` (adaptive Knockoff Nets) also receives `pool_labels`, the class
+labels of its query pool. A Params class may define `check(cfg)` (budget-dependent checks, run when the
+AttackConfig is built) and `check_pool(cfg, pool_size)` (run before the first query).
+
 `checkpoint(queries, substitute)`, when given, may be called by the attack as often as it likes with its
 current substitute and the queries spent so far; the trial evaluates the substitute each time the queries
-pass one of `cfg.checkpoints` and logs the budget curve (step = queries).
+pass one of `cfg.checkpoints` and logs the budget curve (step = queries). `cfg.curve` says which substitute
+(see `workloads.attacks.curve.CurveClient`): `retrain` (mebench's track A) trains a fresh substitute on the
+first c answers at each checkpoint c; `online` (track B) reports the attack's own substitute.
 """
 from __future__ import annotations
 
@@ -132,6 +138,7 @@ class AttackConfig:
     id: str | None = None
     params: dict = dataclasses.field(default_factory=dict)
     checkpoints: list[int] = dataclasses.field(default_factory=list)   # budgets where the budget curve is measured
+    curve: Literal["retrain", "online"] = "retrain"   # curve points: fresh substitutes, or the attack's own
 
     def __post_init__(self):
         ensure_loaded()
@@ -147,7 +154,13 @@ class AttackConfig:
             if not 0 < c <= self.budget or (i and c <= self.checkpoints[i - 1]):
                 raise ConfigError(f"checkpoints[{i}]: expected increasing query counts in 1..budget "
                                   f"({self.budget}), got {c!r}")
-        self.typed_params()
+        check_choice("curve", self.curve, ("retrain", "online"))
+        params = self.typed_params()
+        if hasattr(params, "check"):
+            params.check(self)
+        if REGISTRY[self.name].pool_labels and self.surrogate.kind == "noise":
+            raise ConfigError(f"surrogate.kind: {self.name} samples the pool by class and needs its labels; "
+                              f"'noise' has none (use split or dataset)")
         if self.labels is None:
             object.__setattr__(self, "labels", REGISTRY[self.name].labels)
 
@@ -181,6 +194,7 @@ class AttackSpec:
     steal: Callable
     labels: str            # the label mode of the attack's paper ("soft" / "hard")
     explanations: bool = False   # calls QueryClient.explain (the service must serve explanations)
+    pool_labels: bool = False    # steal() takes the query pool's class labels (sampling by class)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,12 +206,12 @@ REGISTRY: dict[str, AttackSpec] = {}
 
 
 def register(name: str, params_cls: type = NoParams, labels: Literal["soft", "hard"] = "soft",
-             explanations: bool = False):
-    """Register `steal(cfg, params, client, pool, victim, checkpoint) -> substitute` under `name`;
-    `explanations=True` when it calls `client.explain`."""
+             explanations: bool = False, pool_labels: bool = False):
+    """Register `steal(cfg, params, client, pool, victim, checkpoint[, pool_labels]) -> substitute` under `name`;
+    `explanations=True` when it calls `client.explain`, `pool_labels=True` when it takes the pool's class labels."""
 
     def deco(fn):
-        REGISTRY[name] = AttackSpec(params_cls, fn, labels, explanations)
+        REGISTRY[name] = AttackSpec(params_cls, fn, labels, explanations, pool_labels)
         return fn
 
     return deco
@@ -209,8 +223,22 @@ def ensure_loaded() -> None:
         importlib.import_module(f"{__name__}.{module.name}")
 
 
+def check_pool(cfg: AttackConfig, pool_size: int) -> None:
+    """ConfigError naming the field when attack `cfg` cannot run on a query pool of `pool_size` images."""
+    params = cfg.typed_params()
+    if hasattr(params, "check_pool"):
+        params.check_pool(cfg, pool_size)
+
+
 def steal(cfg: AttackConfig, client: QueryClient, pool: torch.Tensor, victim: VictimInfo,
-          checkpoint: Checkpoint | None = None) -> nn.Module:
-    """Run attack `cfg` through `client` with query pool `pool`; return the trained substitute."""
+          checkpoint: Checkpoint | None = None, pool_labels: torch.Tensor | None = None) -> nn.Module:
+    """Run attack `cfg` through `client` with query pool `pool` (and its class labels, for attacks that sample
+    by class); return the trained substitute."""
     ensure_loaded()
-    return REGISTRY[cfg.name].steal(cfg, cfg.typed_params(), client, pool, victim, checkpoint)
+    spec = REGISTRY[cfg.name]
+    check_pool(cfg, len(pool))
+    if not spec.pool_labels:
+        return spec.steal(cfg, cfg.typed_params(), client, pool, victim, checkpoint)
+    if pool_labels is None or len(pool_labels) != len(pool):
+        raise ConfigError(f"surrogate: {cfg.name} needs the class label of every pool image")
+    return spec.steal(cfg, cfg.typed_params(), client, pool, victim, checkpoint, pool_labels=pool_labels)

@@ -21,12 +21,14 @@ def sample_queries(pool: torch.Tensor, budget: int, seed: int) -> torch.Tensor:
 
 
 def train_on_answers(x: torch.Tensor, answers: np.ndarray, labels: str, arch: str, victim, train_cfg,
-                     seed: int) -> nn.Module:
-    """Train a fresh substitute on (x, answers): soft targets, or the answers' argmax when labels='hard'.
-    Its initial weights and batch order come from the attack seed's own streams, never the victim's."""
+                     seed: int, model: nn.Module | None = None) -> nn.Module:
+    """Train a substitute on (x, answers): soft targets, or the answers' argmax when labels='hard'. A fresh one
+    (initial weights from the attack seed's own stream, never the victim's) unless `model` is given to train on.
+    The batch order comes from the attack seed's "substitute/train" stream."""
     y = torch.from_numpy(np.asarray(answers, dtype=np.float32))
     targets = y.argmax(1) if labels == "hard" else y
-    return fit(new_substitute(arch, victim, seed), x, targets, train_cfg, seed=derive_seed("substitute/train", seed))
+    model = model if model is not None else new_substitute(arch, victim, seed)
+    return fit(model, x, targets, train_cfg, seed=derive_seed("substitute/train", seed))
 
 
 def new_substitute(arch: str, victim, seed: int) -> nn.Module:
@@ -35,17 +37,27 @@ def new_substitute(arch: str, victim, seed: int) -> nn.Module:
 
 
 def query_and_train(cfg, client, x: torch.Tensor, victim, checkpoint=None) -> nn.Module:
-    """Query `x` through the client, then train the substitute on the answers.
+    """Query `x` through the client and train the substitute on the answers, measuring the budget curve.
 
-    With a `checkpoint` callback, the budget curve is measured the way mebench's "retrain" track does:
-    at each of `cfg.checkpoints` below the number of answers, a fresh substitute is trained on the first
-    answers alone (the same seed, so points differ only by data)."""
-    answers = client.query(x.numpy())
+    `curve: retrain`: all of x goes in one query (split across the workers), then one fresh substitute is trained;
+    the CurveClient retrains fresh ones on the first c answers for the checkpoints below. `curve: online`: x is
+    queried in segments ending at the checkpoints, and after each segment the same substitute goes on training
+    (`cfg.train`) on every answer so far — an attacker that trains as answers arrive."""
+    from workloads.attacks.curve import CurveClient
+
+    client = CurveClient(client, cfg, victim, checkpoint)
     arch = cfg.substitute_arch or victim.arch
-    if checkpoint is not None:
-        for n in (c for c in cfg.checkpoints if c < len(x)):
-            checkpoint(n, train_on_answers(x[:n], answers[:n], cfg.labels, arch, victim, cfg.train, cfg.seed))
-    substitute = train_on_answers(x, answers, cfg.labels, arch, victim, cfg.train, cfg.seed)
-    if checkpoint is not None:
-        checkpoint(len(x), substitute)
+    if cfg.curve == "retrain":
+        answers = client.query(x)
+        substitute = train_on_answers(x, answers, cfg.labels, arch, victim, cfg.train, cfg.seed)
+        client.finish(substitute, from_scratch=True)
+        return substitute
+    substitute, answers, lo = None, [], 0
+    for hi in [c for c in cfg.checkpoints if c < len(x)] + [len(x)]:
+        answers.append(client.query(x[lo:hi]))
+        substitute = train_on_answers(x[:hi], np.concatenate(answers), cfg.labels, arch, victim, cfg.train,
+                                      cfg.seed, model=substitute)
+        client.online(substitute)
+        lo = hi
+    client.finish(substitute)
     return substitute
