@@ -327,3 +327,27 @@ def test_run_trial_streams_its_request_log_to_the_directory_it_names(ray_session
     assert sum(r["images"] for r in rows if r["attack"] == "knockoff_soft_split") == 120
     assert sum(r["images"] for r in rows if r["client_kind"] == "benign") == n_test
     assert {r["repeat"] for r in rows} == {0} and result.info["service_stats"]["log_rows_in_memory"] < 5
+
+
+def test_fidelity_is_against_the_clean_victim_and_agreement_against_the_defended_answers():
+    """A substitute that copies the defended answers' argmax: agreement 1; fidelity only where the defense kept
+    the clean argmax (swap the two references and this fails)."""
+    import torch
+
+    from orchestrator.trial import Evaluation
+
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    clean = torch.eye(3)[[0, 1, 2, 0, 1, 2]]
+    defended = torch.eye(3)[[0, 1, 2, 1, 2, 0]]           # the defense moved the argmax of the last three
+
+    class CopiesDefended(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bias = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, images):       # logits peaked at the defended answer of each (known) image
+            return torch.stack([defended[int((x - im).abs().sum(dim=(1, 2, 3)).argmin())] for im in images]) * 10
+
+    scores = Evaluation(x, torch.tensor([0, 1, 2, 0, 1, 2]), clean, defended)(CopiesDefended())
+    assert scores["agreement"] == 1.0
+    assert scores["fidelity"] == 0.5 and scores["stolen_accuracy"] == 0.5
