@@ -472,7 +472,8 @@ class SweepConfig:
 
     # -- checks
     def _check_objectives(self) -> list[str]:
-        pow = POW_METRICS if any(sp.name == "pow" for sp in self.spaces) else ()
+        named = [sp.name for sp in ([self.defense] if self.defense else []) + list(self.defenses or [])]
+        pow = POW_METRICS if "pow" in named else ()
         extra = ownership_metrics(self.victim.hardening, [a.key for a in self.attacks], self.repeats, self.ownership)
         errors, known, seen = [], metric_names(self.attacks, self.repeats, (*pow, *extra)), []
         if not self.objectives:

@@ -8,7 +8,7 @@ import pytest
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
 
 SHAPE = (1, 8, 8)
-PUBLIC = {"ready", "query", "explain", "usage", "register", "ledger", "stats", "request_log", "flush_log"}
+PUBLIC = {"ready", "query", "explain", "redeem", "usage", "register", "ledger", "stats", "request_log", "flush_log"}
 
 
 def cause_message(err: BaseException) -> str:

@@ -236,7 +236,8 @@ def steal(cfg: AttackConfig, client: QueryClient, pool: torch.Tensor, victim: Vi
     by class); return the trained substitute."""
     ensure_loaded()
     spec = REGISTRY[cfg.name]
-    check_pool(cfg, len(pool))
+    if pool is not None:            # data-free attacks have no pool
+        check_pool(cfg, len(pool))
     if not spec.pool_labels:
         return spec.steal(cfg, cfg.typed_params(), client, pool, victim, checkpoint)
     if pool_labels is None or len(pool_labels) != len(pool):

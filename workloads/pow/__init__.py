@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from workloads.config import ConfigError, above, check_choice, positive
+from workloads.config import ConfigError, above, check_choice, knob, positive
 
 ESTIMATORS = ("pknn", "entropy", "gap")    # workloads.pow.pate_knn; this package's top stays free of torch
 
@@ -24,18 +24,21 @@ NO_TEST_SPLIT = {"digits"}
 class PowParams:
     """Knobs of calibrated proof of work; defaults are the paper's (PATE-kNN, k=300, σ=28, MNIST base 1.18)."""
 
-    estimator: str = "pknn"             # pknn | entropy | gap
-    k: int = 300                        # PATE-kNN neighbours (`num_teachers_private_knn`)
-    sigma: float = 28.0                 # GNMax noise (`sigma_gnmax_private_knn`)
-    delta: float | None = None          # None: per dataset (1e-5; SVHN 1e-6)
-    data_independent_bound: bool = False   # min with λ/σ² (the official PrivateKnn does not)
-    base: float = 1.18                  # T = base^|C_user − Ĉ(n)| (pknn MNIST 1.18; entropy/gap 1.0075)
-    t_min: float = 0.1                  # seconds per batch_queries queries, lower clip
-    t_max: float = 2948.47              # upper clip (the paper's 32-bit timing)
-    offset: float = 0.0                 # seconds subtracted from base^diff before clipping
-    batch_queries: int = 64             # T is owed per this many queries (the paper's batch)
-    mode: Literal["real", "simulated"] = "real"   # real: clients mint; simulated: 2^bits / rate is booked
-    stamp_ttl_s: float = 600.0          # a challenge expires this long after it was issued
+    estimator: str = knob("pknn", "leakage estimator: PATE-kNN RDP (the paper's), entropy or margin gap",
+                          "pknn | entropy | gap")
+    k: int = knob(300, "PATE-kNN neighbours in the victim's log-softmax space (num_teachers_private_knn)", ">= 1")
+    sigma: float = knob(28.0, "GNMax noise of the PATE-kNN vote (sigma_gnmax_private_knn)", "> 0")
+    delta: float | None = knob(None, "DP δ for the ε conversion; null: per dataset (1e-5, SVHN 1e-6)", "(0, 1)")
+    data_independent_bound: bool = knob(False, "take the min with the data-independent λ/σ² (the official "
+                                               "PrivateKnn does not)")
+    base: float = knob(1.18, "T = base^|C_user − Ĉ(n)| (pknn MNIST 1.18; entropy/gap 1.0075)", "> 1")
+    t_min: float = knob(0.1, "lower clip of the extra time per batch_queries queries, seconds", ">= 0")
+    t_max: float = knob(2948.47, "upper clip of that time, seconds (the paper's 32-bit timing)", "> 0, >= t_min")
+    offset: float = knob(0.0, "seconds subtracted from base^diff before clipping", ">= 0")
+    batch_queries: int = knob(64, "the time T is owed per this many queries (the paper's batch)", ">= 1")
+    mode: Literal["real", "simulated"] = knob("real", "real: clients mint hashcash stamps; simulated: 2^bits / "
+                                                      "measured rate seconds are booked", "real | simulated")
+    stamp_ttl_s: float = knob(600.0, "a challenge expires this long after it was issued, seconds", "> 0")
 
     def __post_init__(self):
         check_choice("estimator", self.estimator, ESTIMATORS)
