@@ -109,8 +109,9 @@ def _experiment_id(client, name: str, uri: str) -> str:
 
 
 def qualified(defense: str, param: str) -> str:
-    """A hyperparameter's name in MLflow and in tables: `<defense>.<param>`, e.g. `dcp.beta`."""
-    return f"{defense}.{param}"
+    """A hyperparameter's name in MLflow and in tables: `<defense>.<param>`, e.g. `dcp.beta`; the victim's recipe
+    parameters keep their own `victim.hardening...` names."""
+    return param if param.startswith("victim.") else f"{defense}.{param}"
 
 
 def _label(defense: dict, keys) -> str:
@@ -347,7 +348,8 @@ def runs_view_state(cfg: SweepConfig, sweep_id: str) -> dict:
     spread = [f"{m}_std" for m in cfg.metrics if cfg.repeats > 1 and m.split("/")[0] in
               ("stolen_accuracy", "fidelity", "agreement", "relative_accuracy")]
     metrics = [*cfg.metrics, *spread, "stolen_accuracy_vs_undefended"]
-    params = ["defense", *(qualified(sp.name, k) for sp in cfg.spaces for k in sp.searched)]
+    params = ["defense", *(qualified(sp.name, k) for sp, keys in zip(cfg.spaces, cfg.label_keys().values())
+                           for k in keys)]
     return {"selectedColumns": [f"metrics.`{m}`" for m in dict.fromkeys(metrics)]
             + [f"params.`{p}`" for p in params] + ["tags.`pareto`"],
             "searchFilter": f"tags.`heist.sweep_id` = '{sweep_id}' and tags.`{KIND_TAG}` = 'trial'",

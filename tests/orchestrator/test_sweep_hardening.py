@@ -149,8 +149,9 @@ def test_each_recipe_point_trains_its_victim_once_and_combines_with_the_output_d
     assert {r.data.params["victim.hardening"] for r in runs} == {"ini"}
     assert sorted(r.info.run_name for r in runs) == ["dcp victim.hardening.gamma=0.3", "dcp victim.hardening.gamma=1"]
 
-    # the first point's victim is trained up front, the second by its trial: two entries, and every point's
-    # victim is a cache hit, so a re-run (its trials call the same load_or_train) trains nothing
-    assert len(list((tmp_path / "victims").glob("*/model.pt"))) == 2
+    # the first point's victim is trained up front, the second by its trial, and the plain victim of the
+    # undefended reference (no hardening, no defense): three entries; every point's victim is a cache hit, so a
+    # re-run (its trials call the same load_or_train) trains nothing
+    assert len(list((tmp_path / "victims").glob("*/model.pt"))) == 3
     for point in cfg.trial_grid():
         assert load_or_train(cfg.victim.at(point["hardening"]["params"]), cfg.cache_dir).from_cache
