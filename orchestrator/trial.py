@@ -121,7 +121,7 @@ def _kill(actors: list) -> None:
     actors.clear()
 
 
-class _Evaluation:
+class Evaluation:
     """Scores substitutes on the victim's test set: against the labels, the clean victim and its defended answers."""
 
     def __init__(self, x_test, y_test, clean, defended):
@@ -139,7 +139,7 @@ class _Evaluation:
                 "agreement": M.fidelity(probs, self.defended)}      # vs the defended answers (DCP's "agreement")
 
 
-def _curve_recorder(checkpoints: list[int], evaluate: _Evaluation, rows: list[dict], key: str, repeat: int):
+def _curve_recorder(checkpoints: list[int], evaluate: Evaluation, rows: list[dict], key: str, repeat: int):
     """The `checkpoint(queries, substitute)` callback of one attack run: evaluates the substitute the first time
     the queries reach each configured checkpoint (a no-op in between, so attacks may call it often)."""
     pending = list(checkpoints)
@@ -279,7 +279,7 @@ def _run_trial(cfg: TrialConfig, ledger_dir: Path) -> TrialResult:
         metrics.update({f"victim_training/{k}": float(v) for k, v in victim.training.items()})
         metrics |= ownership.victim_metrics(victim, cfg.ownership, cfg.cache_dir)
         info["benign_latency_ms_mean"] = float(np.mean(latencies)) if latencies else 0.0
-        evaluate = _Evaluation(data.x_test, data.y_test, clean, defended)
+        evaluate = Evaluation(data.x_test, data.y_test, clean, defended)
 
         # the attacks, one after another, each repeat through its own workers
         vinfo = VictimInfo(data.shape, data.num_classes, cfg.victim.arch, tuple(served["input_range"]),

@@ -163,7 +163,9 @@ def test_pcgrad_needs_two_active_terms():
 def test_ood_sources_are_checked(tmp_path):
     assert errors(ood={"kind": "dataset", "name": "mnsit"})[0].startswith(
         "victim.hardening.params.ood.name: unknown value 'mnsit' (did you mean 'mnist'?)")
-    assert errors(ood={"kind": "dataset"}) == ["victim.hardening.params.ood.name: required when kind is 'dataset'"]
+    # a partial `ood` mapping keeps the documented default name (digits); naming none is an error
+    assert errors(ood={"kind": "dataset", "name": None}) == [
+        "victim.hardening.params.ood.name: required when kind is 'dataset'"]
     assert errors(surrogate_path=str(tmp_path / "none.pt")) == [
         f"victim.hardening.params.surrogate_path: no such file {str(tmp_path / 'none.pt')!r}"]
 
