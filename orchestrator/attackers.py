@@ -98,11 +98,13 @@ class _Streamer:
         if isinstance(reply, Challenge):
             from workloads.pow.hashcash import mint
 
-            t = time.perf_counter()
-            stamp, hashes = mint(reply.challenge, reply.bits)
-            self.mint_seconds += time.perf_counter() - t
-            self.hashes += hashes
-            self.stamps += 1
+            stamp = None
+            if not reply.simulated:
+                t = time.perf_counter()
+                stamp, hashes = mint(reply.challenge, reply.bits)
+                self.mint_seconds += time.perf_counter() - t
+                self.hashes += hashes
+                self.stamps += 1
             reply = ray.get(self.service.redeem.remote(self.key, reply.ticket, stamp))
         if isinstance(reply, tuple) and all(isinstance(r, np.ndarray) for r in reply):
             return reply

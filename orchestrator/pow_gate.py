@@ -11,7 +11,8 @@
    stamp in its own actor and calls the service's `redeem(client, ticket, stamp)`, which releases the
    answer once. Forged, replayed, expired, under-difficulty, wrong-client and malformed stamps raise a
    one-line `InvalidStamp`; the pending answer stays for a correct stamp (except when expired).
-   `simulated` mode: releases the answer at once and books 2^bits / rate seconds instead.
+   `simulated` mode: the same challenge/redeem round trip, but the client mints nothing and redeems without a
+   stamp; 2^bits / rate seconds are booked instead (so both modes pay the same protocol overhead).
 
 Each client's totals are in `record.state["ledger"]` (the service's ledger shows them): pow_cost,
 pow_batches, pow_bits_sum/max, pow_expected_hashes/seconds, pow_accounting_seconds, pow_redeemed,
@@ -39,11 +40,13 @@ class InvalidStamp(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Challenge:
-    """The service's reply in real mode: solve `challenge` to `bits` zero bits, then redeem `ticket`."""
+    """The service's reply: solve `challenge` to `bits` zero bits, then redeem `ticket` (simulated: redeem it
+    without a stamp; the gate books the expected minting time instead)."""
 
     ticket: str
     challenge: str
     bits: int
+    simulated: bool = False
 
 
 @dataclasses.dataclass
@@ -112,11 +115,12 @@ class PowGate:
         ledger["pow_expected_seconds"] += 2.0 ** bits / self.rate
         ledger["pow_log"].append({"seq": request.seq, "queries": record.images, "privacy_cost": cost,
                                   "pow_bits": bits, "pow_target_s": seconds})
-        if p.mode == "simulated":
-            return answer
         ticket = secrets.token_hex(8)
-        resource = f"{urllib.parse.quote(record.client_id, safe='')}/{ticket}"
         now = self.clock()
+        if p.mode == "simulated":
+            st.pending[ticket] = _Pending(answer, "", bits, now)
+            return Challenge(ticket, "", bits, simulated=True)
+        resource = f"{urllib.parse.quote(record.client_id, safe='')}/{ticket}"
         challenge = hashcash.challenge(bits, resource, now=now)
         st.pending[ticket] = _Pending(answer, challenge, bits, now)
         return Challenge(ticket, challenge, bits)
@@ -132,6 +136,12 @@ class PowGate:
             ledger["pow_rejected"] += 1
             return InvalidStamp(f"client {record.client_id!r}: {kind} stamp: {why}")
 
+        pending = st.pending.get(ticket)
+        if pending is not None and pending.challenge == "" and stamp is None:      # simulated: nothing to verify
+            del st.pending[ticket]
+            st.spent.add(ticket)
+            ledger["pow_redeemed"] += 1
+            return pending.answer
         try:
             s = hashcash.parse(stamp)
         except hashcash.MalformedStamp as e:

@@ -136,40 +136,42 @@ def test_a_ticket_is_released_once_under_concurrent_redemption(ray_session, gate
 def test_clients_mint_in_their_own_actors_and_simulated_cost_agrees_with_real(ray_session, digits_victim, victim_cache):
     """Fixed difficulty (t_min = t_max, one T per request), minting most of the time: real minting vs booked
     2^bits / rate agree within 20 % on the client's total time. The rate is measured once here and given to
-    both gates, so both modes pose the same puzzles (two services measuring separately can round to
-    different bits on a loaded machine)."""
+    both gates, so both modes pose the same puzzles; the two runs go one after the other (run at once, they
+    would share the cores and the real minter would run at half the measured rate). 200 stamps keep the
+    spread of the real mode's total hash count (a sum of geometric draws) near 7 %."""
     from orchestrator.attackers import BenignClient
     from workloads.pow.hashcash import mint_rate
 
     rate = mint_rate()
-
-    x = digits_victim.data.x_test.numpy()[:320]        # 40 requests of 8 images
+    x = digits_victim.data.x_test.numpy()[:400]        # 200 requests of 2 images
+    with torch.inference_mode():
+        clean = torch.softmax(digits_victim.model(torch.from_numpy(x)), 1).numpy()
     totals = {}
-    services = {mode: start(ray_session, digits_victim, victim_cache, hash_rate=rate, mode=mode, t_min=0.1, t_max=0.1,
-                            batch_queries=8) for mode in ("real", "simulated")}
-    try:   # both clients run at once, so machine load shifts both alike
-        clients = {}
-        for mode, service in services.items():
+    for mode in ("real", "simulated"):
+        service = start(ray_session, digits_victim, victim_cache, hash_rate=rate, mode=mode, t_min=0.02, t_max=0.02,
+                        batch_queries=2)
+        try:
             key = service.register(ray_session, "benign", len(x), "benign")
-            clients[mode] = BenignClient.options(num_cpus=0.25).remote(service.actor, "benign", key, 8)
-        runs = {mode: client.run.remote(x) for mode, client in clients.items()}
-        for mode, service in services.items():
-            answers, _ = ray_session.get(runs[mode])
-            stats = ray_session.get(clients[mode].stats.remote())
+            client = BenignClient.options(num_cpus=0.25).remote(service.actor, "benign", key, 2)
+            answers, _ = ray_session.get(client.run.remote(x))
+            stats = ray_session.get(client.stats.remote())
             ledger = service.ledger(ray_session)["benign"]
-            with torch.inference_mode():
-                clean = torch.softmax(digits_victim.model(torch.from_numpy(x)), 1).numpy()
             np.testing.assert_allclose(answers, clean, atol=1e-5)
-            assert ledger["pow_batches"] == 40 and 14 <= ledger["pow_bits_max"] <= 20
+            assert ledger["pow_batches"] >= 150 and 8 <= ledger["pow_bits_max"] <= 22, ledger
             if mode == "real":
-                assert stats["stamps"] == 40 and ledger["pow_redeemed"] == 40 and stats["hashes"] > 40 * 2 ** 10
+                assert stats["stamps"] == ledger["pow_redeemed"] == ledger["pow_batches"]
+                # the work really done is the work the simulation books: 2^bits hashes per stamp on average
+                assert stats["hashes"] == pytest.approx(ledger["pow_expected_hashes"], rel=0.2)
                 totals[mode] = stats["seconds"]
+                client_rate = stats["hashes"] / stats["mint_seconds"]
             else:
-                assert stats["hashes"] == 0 and ledger["pow_redeemed"] == 0
-                totals[mode] = stats["seconds"] + ledger["pow_expected_seconds"]
-    finally:
-        for service in services.values():
+                assert stats["hashes"] == stats["stamps"] == 0 and ledger["pow_redeemed"] == ledger["pow_batches"]
+                protocol, booked_hashes = stats["seconds"], ledger["pow_expected_hashes"]
+        finally:
             ray_session.kill(service.actor)
+    # total time: the simulated run's own protocol time plus its booked hashes at the rate the clients minted at
+    # (the gate's rate is measured once at start; on a shared machine a client may mint faster or slower)
+    totals["simulated"] = protocol + booked_hashes / client_rate
     assert totals["simulated"] == pytest.approx(totals["real"], rel=0.2), totals
 
 
