@@ -30,7 +30,7 @@ class PowParams:
     sigma: float = knob(28.0, "GNMax noise of the PATE-kNN vote (sigma_gnmax_private_knn)", "> 0")
     delta: float | None = knob(None, "DP δ for the ε conversion; null: per dataset (1e-5, SVHN 1e-6)", "(0, 1)")
     data_independent_bound: bool = knob(False, "take the min with the data-independent λ/σ² (the official "
-                                               "PrivateKnn does not)")
+                                               "PrivateKnn does not)", "true | false")
     base: float = knob(1.18, "T = base^|C_user − Ĉ(n)| (pknn MNIST 1.18; entropy/gap 1.0075)", "> 1")
     t_min: float = knob(0.1, "lower clip of the extra time per batch_queries queries, seconds", ">= 0")
     t_max: float = knob(2948.47, "upper clip of that time, seconds (the paper's 32-bit timing)", "> 0, >= t_min")
