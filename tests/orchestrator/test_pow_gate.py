@@ -160,8 +160,10 @@ def test_clients_mint_in_their_own_actors_and_simulated_cost_agrees_with_real(ra
             assert ledger["pow_batches"] >= 150 and 8 <= ledger["pow_bits_max"] <= 22, ledger
             if mode == "real":
                 assert stats["stamps"] == ledger["pow_redeemed"] == ledger["pow_batches"]
-                # the work really done is the work the simulation books: 2^bits hashes per stamp on average
-                assert stats["hashes"] == pytest.approx(ledger["pow_expected_hashes"], rel=0.2)
+                # the work really done is the work the simulation books: 2^bits hashes per stamp on average; a
+                # stamp's hash count is geometric (sd = mean), so the total's relative sd is 1/sqrt(stamps): 5 sds
+                stamps = ledger["pow_batches"]
+                assert stats["hashes"] == pytest.approx(ledger["pow_expected_hashes"], rel=5 / stamps ** 0.5)
                 totals[mode] = stats["seconds"]
                 client_rate = stats["hashes"] / stats["mint_seconds"]
             else:
