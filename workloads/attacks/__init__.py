@@ -25,8 +25,6 @@ first c answers at each checkpoint c; `online` (track B) reports the attack's ow
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import pkgutil
 from typing import Callable, Literal, Protocol
 
 import numpy as np
@@ -37,6 +35,7 @@ from workloads.config import ConfigError, check_choice, parse, positive
 from workloads.data import LOADERS, SURROGATE_KINDS
 from workloads.explanations import ExplainRequest, add_noise, check_weights, explain
 from workloads.training import TrainConfig
+from workloads.registry import import_submodules
 
 
 class BudgetExceeded(RuntimeError):
@@ -219,8 +218,7 @@ def register(name: str, params_cls: type = NoParams, labels: Literal["soft", "ha
 
 def ensure_loaded() -> None:
     """Import every attack module in this package, so each registers itself."""
-    for module in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{module.name}")
+    import_submodules(__name__, __path__)
 
 
 def check_pool(cfg: AttackConfig, pool_size: int) -> None:

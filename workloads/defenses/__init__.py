@@ -8,8 +8,6 @@ Each family lives in its own module and registers itself with `@register(name, P
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import pkgutil
 from typing import Callable, Protocol
 
 import torch
@@ -17,6 +15,7 @@ import torch.nn as nn
 
 from workloads.config import ConfigError, check_choice, parse
 from workloads.data import Dataset
+from workloads.registry import import_submodules
 
 
 class Defense(Protocol):
@@ -63,8 +62,7 @@ def register(name: str, params_cls: type):
 
 def ensure_loaded() -> None:
     """Import every defense module in this package, so each registers itself."""
-    for module in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{module.name}")
+    import_submodules(__name__, __path__)
 
 
 def build_defense(config: DefenseConfig, ctx: DefenseContext) -> Defense:

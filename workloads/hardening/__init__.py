@@ -13,8 +13,6 @@ trains its victim once. Each recipe lives in its own module and registers itself
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import pkgutil
 from typing import Callable
 
 import torch
@@ -23,6 +21,7 @@ import torch.nn as nn
 from workloads.config import check_choice, parse
 from workloads.data import Dataset
 from workloads.training import TrainConfig
+from workloads.registry import import_submodules
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,8 +88,7 @@ def register(name: str, params_cls: type):
 
 def ensure_loaded() -> None:
     """Import every recipe module in this package, so each registers itself."""
-    for module in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{module.name}")
+    import_submodules(__name__, __path__)
 
 
 def harden(config: HardeningConfig, ctx: HardeningContext) -> HardeningResult:
