@@ -3,12 +3,15 @@
 Each row is one trial (a defense at one hyperparameter point) of one of the sweeps, plus the undefended
 reference of each sweep that has one (rows with equal numbers are shown once); the columns are the defended
 accuracy, the perturbation and, per attack key, the metric asked for (default `stolen_accuracy`) as
-mean ± sd when the trial had repeats. Sweeps must share their victim (the same content hash): a table
-mixing victims would compare nothing. Written as Markdown (printed) and, with `--out DIR`, as
+mean ± sd when the trial had repeats. Sweeps must share their victim's task — dataset, split, architecture,
+training and seed: the content hash of the victim without its training-time defense — so a sweep of InI victims
+(`victim.hardening`) sits beside output-defense sweeps of the same plain victim, and both share one undefended
+reference; a table mixing tasks would compare nothing. Written as Markdown (printed) and, with `--out DIR`, as
 `DIR/report.md` and `DIR/report.csv`.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -32,6 +35,13 @@ def _std(metrics: dict, name: str):
     return metrics.get(f"{metric}_std/{attack}" if attack else f"{metric}_std")
 
 
+def task_key(cfg) -> str:
+    """The content hash of the sweep's victim with no training-time defense (what its undefended reference uses)."""
+    from workloads.hardening import HardeningConfig
+
+    return dataclasses.replace(cfg.victim.at(), hardening=HardeningConfig()).key
+
+
 def gather(trackers: list[Tracker], metric: str = "stolen_accuracy") -> tuple[pd.DataFrame, list[str]]:
     """One row per trial (and per distinct undefended reference): sweep, defense, hyperparameters, FIXED metrics
     and `metric` per attack key, as numbers (`<col>` and `<col>_std`). Returns the rows and the attack keys."""
@@ -41,10 +51,11 @@ def gather(trackers: list[Tracker], metric: str = "stolen_accuracy") -> tuple[pd
     rows, attacks = [], []
     for tracker in trackers:
         cfg = tracker.sweep_config()
-        victims.setdefault(cfg.victim.key, tracker.sweep_id)
+        victims.setdefault(task_key(cfg), tracker.sweep_id)
         if len(victims) > 1:
             first, other = list(victims.values())
-            raise UserError(f"sweeps {first} and {other} attack different victims; a report compares one victim")
+            raise UserError(f"sweeps {first} and {other} attack different victims (dataset, split, architecture, "
+                            f"training or seed); a report compares one victim and its training-time defenses")
         attacks += [a.key for a in cfg.attacks if a.key not in attacks]
         parent = MlflowClient(tracker.uri).get_run(tracker.parent_run_id)
         undefended = from_run(parent)
