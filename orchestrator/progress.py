@@ -37,9 +37,12 @@ def duration(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min"
 
 
-def point_label(defense: dict, keys) -> str:
-    """`dcp beta=0.7`: the defense and its searched hyperparameters."""
-    params = defense.get("params", {})
+def point_label(defense: dict, keys, hardening: dict | None = None) -> str:
+    """`dcp beta=0.7`: the defense and its searched hyperparameters, with the victim recipe's (`hardening`, when the
+    sweep searches it) as `victim.hardening.<name>`, as MLflow names them."""
+    from orchestrator.sweep_config import HARDENING_PREFIX
+
+    params = defense.get("params", {}) | {HARDENING_PREFIX + k: v for k, v in (hardening or {}).get("params", {}).items()}
     shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items() if k in keys)
     return f"{defense['name']} {shown}".strip()
 
@@ -72,7 +75,8 @@ class Progress(tune.Callback):
 
     def _label(self, trial) -> str:
         defense = trial.config["defense"]
-        return point_label(defense, self.label_keys.get(defense["name"], defense.get("params", {})))
+        return point_label(defense, self.label_keys.get(defense["name"], defense.get("params", {})),
+                           trial.config.get("hardening"))
 
     def _clear_live(self) -> None:
         if self._tty():

@@ -15,4 +15,8 @@ def test_labels_and_durations():
     defense = {"name": "dcp", "params": {"beta": 0.70001, "gamma": 0.2}}
     assert point_label(defense, ["beta"]) == "dcp beta=0.7"
     assert point_label({"name": "none", "params": {}}, []) == "none"
+    ini = {"name": "ini", "params": {"gamma": 0.3, "delta": 1.0, "epsilon": 100.0}}
+    keys = ["victim.hardening.gamma", "victim.hardening.delta"]
+    assert point_label({"name": "none", "params": {}}, keys, ini) == \
+        "none victim.hardening.gamma=0.3 victim.hardening.delta=1"     # an InI sweep's points are told apart
     assert [duration(s) for s in (14.24, 185, 3725)] == ["14.2 s", "3 min 05 s", "1 h 02 min"]
