@@ -7,7 +7,8 @@ mean ± sd when the trial had repeats. Sweeps must share their victim's task —
 training and seed: the content hash of the victim without its training-time defense — so a sweep of InI victims
 (`victim.hardening`) sits beside output-defense sweeps of the same plain victim, and both share one undefended
 reference; a table mixing tasks would compare nothing. Written as Markdown (printed) and, with `--out DIR`, as
-`DIR/report.md` and `DIR/report.csv`.
+`DIR/report.md` and `DIR/report.csv`, with the sweeps' joint Pareto frontier over defended accuracy (max) and
+stolen accuracy (min) as `DIR/frontier.png`, `frontier.md`, `frontier.csv` (orchestrator.pareto).
 """
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from orchestrator import pareto
 from orchestrator.errors import UserError
 from orchestrator.tracking import Tracker, find_sweep
 from orchestrator.undefended import from_run
 
 FIXED = ("defended_accuracy", "perturbation_l1")
+OBJECTIVES = {"defended_accuracy": "max", "stolen_accuracy": "min"}   # the joint frontier of `--out`
 
 
 def _cell(mean, std) -> str:
@@ -40,6 +43,14 @@ def task_key(cfg) -> str:
     from workloads.hardening import HardeningConfig
 
     return dataclasses.replace(cfg.victim.at(), hardening=HardeningConfig()).key
+
+
+def _defense(trial: dict) -> str:
+    """The trial's defense, with the victim's training-time recipe first when it has one: `ini`, `ini + dcp`."""
+    recipe, defense = trial.get("param.victim.hardening"), trial["defense"]
+    if not isinstance(recipe, str) or recipe == "none":
+        return defense
+    return recipe if defense == "none" else f"{recipe} + {defense}"
 
 
 def gather(trackers: list[Tracker], metric: str = "stolen_accuracy") -> tuple[pd.DataFrame, list[str]]:
@@ -61,10 +72,10 @@ def gather(trackers: list[Tracker], metric: str = "stolen_accuracy") -> tuple[pd
         undefended = from_run(parent)
         table = tracker.trials_table(cfg)
         records = [("(none)", "undefended", "", undefended)] if undefended else []
-        records += [(r["trial_id"], r["defense"], r["hyperparameters"], r) for r in table.to_dict("records")]
+        records += [(r["trial_id"], _defense(r), r["hyperparameters"], r) for r in table.to_dict("records")]
         for trial_id, defense, hyper, m in records:
             row = {"sweep": tracker.sweep_id, "trial_id": trial_id, "defense": defense, "hyperparameters": hyper}
-            for name in [*FIXED, *(f"{metric}/{a}" for a in attacks)]:
+            for name in dict.fromkeys([*FIXED, *OBJECTIVES, *(f"{metric}/{a}" for a in attacks)]):
                 value = m.get(name)
                 row[name] = value
                 row[f"{name}_std"] = _std(m, name)
@@ -75,6 +86,8 @@ def gather(trackers: list[Tracker], metric: str = "stolen_accuracy") -> tuple[pd
     numbers = [c for c in df.columns if c not in ("sweep", "trial_id")]
     undefended = df["defense"] == "undefended"
     df = pd.concat([df[undefended].drop_duplicates(subset=numbers), df[~undefended]])
+    values = [c for c in numbers if c not in ("defense", "hyperparameters")]
+    df[values] = df[values].apply(pd.to_numeric, errors="coerce")      # None (no sd, no value) -> NaN
     return df.reset_index(drop=True), attacks
 
 
@@ -109,5 +122,11 @@ def main(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "report.md").write_text(text + "\n")
         df.to_csv(out / "report.csv", index=False)
-        print(f"\nwritten: {out / 'report.md'}, {out / 'report.csv'}")
+        trials, plain = df[df["defense"] != "undefended"], df[df["defense"] == "undefended"]
+        front = pareto.write(trials, list(OBJECTIVES), list(OBJECTIVES.values()),
+                             {"defended_accuracy": 0.0, "stolen_accuracy": 1.0}, out,
+                             undefended=plain.iloc[0].to_dict() if len(plain) else None)
+        print(f"\njoint Pareto frontier of the sweeps over defended_accuracy (max), stolen_accuracy (min):\n\n"
+              f"{pareto.markdown(front['table'])}\n\nwritten: {out / 'report.md'}, {out / 'report.csv'}, "
+              f"{', '.join(str(f) for f in front['files'])}")
     return 0

@@ -27,7 +27,7 @@ def store(tmp_path_factory):
     """Two sweeps of one victim (DCP, reverse sigmoid), one of InI victims of the same task (searched γ), and one of
     another victim, each with its undefended point."""
     store = tmp_path_factory.mktemp("report")
-    undefended = {"defended_accuracy": 0.94, "perturbation_l1": 0.0, "victim_accuracy": 0.94,
+    undefended = {"defended_accuracy": 0.94, "perturbation_l1": 0.0, "victim_accuracy": 0.94, "stolen_accuracy": 0.80,
                   "stolen_accuracy/knockoff_soft_split": 0.80, "stolen_accuracy/copycat_hard_split": 0.70}
     for name, defense, seed, points, hardening in [
             ("dcp", {"name": "dcp", "params": {"beta": [0.5, 0.9]}}, 0, [("beta", 0.5, 0.93, 0.61), ("beta", 0.9, 0.90, 0.55)], None),
@@ -38,8 +38,9 @@ def store(tmp_path_factory):
         tracker = Tracker.start(cfg, f"{name}-1", store / "runs" / name)
         log(tracker.uri, tracker.parent_run_id, Reference(undefended, 10, "cache"))
         for i, (key, value, defended, soft) in enumerate(points):
-            tracker.log_trial(f"{name}{i}", {"name": defense["name"], "params": {key: value, "gamma": 0.2}},
-                              {"defended_accuracy": defended, "perturbation_l1": 0.1,
+            tracker.log_trial(f"{name}{i}", {"name": defense["name"], "params": {key: value, "gamma": 0.2} | (
+                {"victim.hardening": hardening["name"]} if hardening else {})},
+                              {"defended_accuracy": defended, "perturbation_l1": 0.1, "stolen_accuracy": 0.65,
                                "stolen_accuracy/knockoff_soft_split": soft,
                                "stolen_accuracy_std/knockoff_soft_split": 0.01,
                                "stolen_accuracy/copycat_hard_split": 0.65,
@@ -60,6 +61,8 @@ def test_report_lays_out_defenses_by_attacks_from_several_sweeps(store, tmp_path
     csv = pd.read_csv(tmp_path / "report.csv")
     assert len(csv) == 4 and set(csv["sweep"]) == {"dcp-1", "rs-1"}
     assert (tmp_path / "report.md").read_text().count("\n| ") == 5
+    front = pd.read_csv(tmp_path / "frontier.csv")          # joint frontier: at stolen 0.65 the most accurate wins
+    assert list(front["hyperparameters"]) == ["beta=0.5"] and (tmp_path / "frontier.png").stat().st_size > 0
 
 
 def test_report_refuses_sweeps_of_different_victims(store, capsys):
@@ -71,7 +74,7 @@ def test_report_puts_training_time_defense_sweeps_beside_output_defenses_of_the_
     uri = f"sqlite:///{store}/mlflow.db"
     assert main(["report", "dcp", "ini", "--tracking-uri", uri]) == 0
     out = capsys.readouterr().out
-    assert "| none | victim.hardening.gamma=1 | 0.9100 | 0.1000 | 0.3000 ± 0.0100 | 0.6500 ± 0.0200 | ini-1 |" in out
+    assert "| ini | victim.hardening.gamma=1 | 0.9100 | 0.1000 | 0.3000 ± 0.0100 | 0.6500 ± 0.0200 | ini-1 |" in out
     assert out.count("| undefended |") == 1                     # InI's reference is the plain victim: the same one
     assert main(["report", "ini", "other", "--tracking-uri", uri]) == 2
     assert "attack different victims" in capsys.readouterr().err
