@@ -20,6 +20,7 @@ import pandas as pd
 
 from orchestrator import pareto
 from orchestrator.errors import UserError
+from orchestrator.sweep_config import HARDENING_PREFIX
 from orchestrator.tracking import Tracker, find_sweep
 from orchestrator.undefended import from_run
 
@@ -72,7 +73,8 @@ def gather(trackers: list[Tracker], metric: str = "stolen_accuracy") -> tuple[pd
         undefended = from_run(parent)
         table = tracker.trials_table(cfg)
         records = [("(none)", "undefended", "", undefended)] if undefended else []
-        records += [(r["trial_id"], _defense(r), r["hyperparameters"], r) for r in table.to_dict("records")]
+        records += [(r["trial_id"], _defense(r), r["hyperparameters"].replace(HARDENING_PREFIX, ""), r)
+                    for r in table.to_dict("records")]         # `ini` in the defense column: `gamma=1`, not the prefix
         for trial_id, defense, hyper, m in records:
             row = {"sweep": tracker.sweep_id, "trial_id": trial_id, "defense": defense, "hyperparameters": hyper}
             for name in dict.fromkeys([*FIXED, *OBJECTIVES, *(f"{metric}/{a}" for a in attacks)]):

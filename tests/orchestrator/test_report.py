@@ -74,7 +74,7 @@ def test_report_puts_training_time_defense_sweeps_beside_output_defenses_of_the_
     uri = f"sqlite:///{store}/mlflow.db"
     assert main(["report", "dcp", "ini", "--tracking-uri", uri]) == 0
     out = capsys.readouterr().out
-    assert "| ini | victim.hardening.gamma=1 | 0.9100 | 0.1000 | 0.3000 ± 0.0100 | 0.6500 ± 0.0200 | ini-1 |" in out
+    assert "| ini | gamma=1 | 0.9100 | 0.1000 | 0.3000 ± 0.0100 | 0.6500 ± 0.0200 | ini-1 |" in out
     assert out.count("| undefended |") == 1                     # InI's reference is the plain victim: the same one
     assert main(["report", "ini", "other", "--tracking-uri", uri]) == 2
     assert "attack different victims" in capsys.readouterr().err
