@@ -3,6 +3,7 @@
     OMP_NUM_THREADS=1 python docs/proof_of_work_figures.py run real 500 out/real.json --t-max 2
     OMP_NUM_THREADS=1 python docs/proof_of_work_figures.py run simulated 5000 out/sim.json
     python docs/proof_of_work_figures.py plot out/real.json out/sim.json docs/proof_of_work_fashion_mnist.png
+    python docs/proof_of_work_figures.py table out/real.json out/sim.json      # the markdown table
 
 Fashion-MNIST LeNet-5 victim (seed 0, the cached one of sweeps/fashion_mnist_pow.yaml), the paper's PATE-kNN
 MNIST setting (k=300, σ=28, base 1.18, offset 0.75 s, t_min 0.1 s, t_max 2948.47 s per 64 queries); `--t-max`
@@ -35,7 +36,10 @@ def trial(dataset: str, knobs: dict, budget: int, seed: int) -> dict:
                         attack | {"name": "copycat", "surrogate": {"kind": "noise", "size": 2 * budget}},
                         attack | {"name": "entropy_rev", "params": {"step": step, "round_epochs": 3}},
                         attack | {"name": "worst_case", "params": {"step": step}}],
-            "service": {"num_cpus": 1.0}, "workers": {"num_cpus": 0.25}, "benign": {"batch": 64}}
+            # one request in flight per client (max_queued = one batch): the client's minting, the service's
+            # accounting and its serving do not overlap, so wall − minting − accounting is the time without PoW
+            "service": {"num_cpus": 1.0, "max_request": 64, "max_queued": 64}, "workers": {"num_cpus": 0.25},
+            "benign": {"batch": 64}}
 
 
 def run(args) -> None:
@@ -97,6 +101,31 @@ def plot(real: str, sim: str, png: str) -> None:
     fig.savefig(png, dpi=110)
 
 
+def table(paths: list[str]) -> None:
+    """Per client: overhead, final ε, ε per query, mean bits and stolen accuracy, mean ± sample sd over seeds."""
+    print("| run | client | total time with PoW / without | final ε | ε per query | mean bits per batch | stolen accuracy |")
+    print("|---|---|---|---|---|---|---|")
+    for path in paths:
+        d = json.load(open(path))
+        run = f"{d['mode']}, {d['budget']} q, t_max {d['knobs']['t_max']:g}"
+        keys = ["benign"] + sorted(k.split("/", 1)[1] for k in d["results"][0]["metrics"] if k.startswith("pow_overhead/"))
+
+        def cell(metric):
+            v = np.array([r["metrics"][metric] for r in d["results"]])
+            return f"{v.mean():.3g} ± {v.std(ddof=1):.2g}" if len(v) > 1 else f"{v[0]:.3g}"
+
+        for key in keys:
+            benign = key == "benign"
+            over = cell("pow_benign_overhead" if benign else f"pow_overhead/{key}")
+            eps = cell("privacy_cost_benign" if benign else f"privacy_cost/{key}")
+            name = "benign" if benign else key
+            queries = [sum(q for q, _, _ in r["curves"][name]) for r in d["results"]]
+            per_q = np.array([r["curves"][name][-1][1] / q for r, q in zip(d["results"], queries)])
+            bits = cell("pow_bits_mean_benign" if benign else f"pow_bits_mean/{key}")
+            acc = "–" if benign else cell(f"stolen_accuracy/{key}")
+            print(f"| {run} | {key} | {over} | {eps} | {per_q.mean():.4f} | {bits} | {acc} |")
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -111,5 +140,12 @@ if __name__ == "__main__":
     s.add_argument("real")
     s.add_argument("sim")
     s.add_argument("png")
+    t = sub.add_parser("table")
+    t.add_argument("paths", nargs="+")
     a = p.parse_args()
-    run(a) if a.cmd == "run" else plot(a.real, a.sim, a.png)
+    if a.cmd == "run":
+        run(a)
+    elif a.cmd == "plot":
+        plot(a.real, a.sim, a.png)
+    else:
+        table(a.paths)
