@@ -40,6 +40,22 @@ def _parser() -> argparse.ArgumentParser:
                    help="instead: each output defense's added cost per image at a fixed batch (--batch)")
     b.add_argument("--pow", action="store_true",
                    help="proof of work instead: minter vs raw SHA-1 rate, leakage accounting vs forward per batch")
+    b.add_argument("--serve", action="store_true",
+                   help="instead: HTTP predict throughput (heist serve) with N client processes vs the actor path "
+                        "vs the raw forward")
+
+    sv = sub.add_parser("serve", help="serve a defended victim as an HTTP prediction API (docs/serving.md)")
+    sv.add_argument("config", help="serve YAML, e.g. serve/digits.yaml")
+    sv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value, e.g. --set http.port=9000 --set defense.name=dcp")
+    sk = sub.add_parser("serve-keys", help="issue an API key with an image budget on a running `heist serve`")
+    sk.add_argument("url", help="the server's URL, e.g. http://127.0.0.1:8000")
+    sk.add_argument("client_id", help="a name for the client (its rows in the ledger)")
+    sk.add_argument("budget", type=int, help="images the key may have answered in total")
+    sk.add_argument("--kind", default="attacker", help="the client's kind in the ledger (default: %(default)s)")
+    sk.add_argument("--state-dir", default="heist-serve/heist-victim",
+                    help="the server's state_dir, holding owner_token (default: %(default)s)")
+    sk.add_argument("--token-file", help="the owner token file (default: <state-dir>/owner_token)")
 
     r = sub.add_parser("run", help="run a sweep: Tune + Optuna trials, MLflow runs, the Pareto frontier")
     r.add_argument("config", help="sweep YAML, e.g. sweeps/quickstart.yaml")
@@ -149,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
             from orchestrator.bench import main as run
         elif args.command == "report":
             from orchestrator.report import main as run
+        elif args.command == "serve":
+            from orchestrator.serve import main as run
+        elif args.command == "serve-keys":
+            from orchestrator.serve import keys_main as run
         else:
             run = {"run": _run, "validate": _validate, "resume": _resume, "sync": _sync, "pareto": _pareto,
                    "list": _list, "describe": _describe}[args.command]
