@@ -98,6 +98,26 @@ def _describe(args) -> int:
     return 0
 
 
+def _serve_keys(args) -> int:
+    """`heist serve-keys URL CLIENT_ID BUDGET`: issue a key on a running `heist serve`; prints the key."""
+    from pathlib import Path
+
+    from orchestrator.client import HeistError, issue_key
+
+    token_file = Path(args.token_file) if args.token_file else Path(args.state_dir) / "owner_token"
+    if not token_file.is_file():
+        raise UserError(f"--token-file: no owner token at {str(token_file)!r} (heist serve writes it to "
+                        f"<state_dir>/owner_token)")
+    try:
+        key = issue_key(args.url, token_file.read_text().strip(), args.client_id, args.budget, args.kind)
+    except HeistError as e:
+        raise UserError(str(e)) from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"url: cannot reach {args.url!r} ({e})") from None
+    print(key)
+    return 0
+
+
 def _validate(args) -> int:
     from orchestrator.sweep_config import cluster_resources, dump, load, plan, summary
 
@@ -167,11 +187,9 @@ def main(argv: list[str] | None = None) -> int:
             from orchestrator.report import main as run
         elif args.command == "serve":
             from orchestrator.serve import main as run
-        elif args.command == "serve-keys":
-            from orchestrator.serve import keys_main as run
         else:
             run = {"run": _run, "validate": _validate, "resume": _resume, "sync": _sync, "pareto": _pareto,
-                   "list": _list, "describe": _describe}[args.command]
+                   "list": _list, "describe": _describe, "serve-keys": _serve_keys}[args.command]
         return run(args) or 0
     except ConfigError as e:       # one line per error, each with its YAML path
         for error in e.errors:

@@ -129,8 +129,8 @@ class Frontend:
                 "response_formats": [JSON_TYPE, NPY], **self.victim}
 
     # ------------------------------------------------------------------ calls to the service actor
-    async def call(self, ref, client: str | None = None) -> Any:
-        """Await a service call; its exceptions as ApiErrors."""
+    async def call(self, ref, n: int | None = None) -> Any:
+        """Await a service call; its exceptions as ApiErrors (`n`: the images of the request, for a 402's value)."""
         try:
             return await asyncio.wait_for(ref, self.http.request_timeout_s)
         except asyncio.TimeoutError:
@@ -139,20 +139,20 @@ class Frontend:
                            f"accepted request is still answered and charged", "Timeout") from None
         except RayTaskError as e:
             cause = e.cause if isinstance(getattr(e, "cause", None), BaseException) else e
-            raise self._error(cause) from None
+            raise self._error(cause, n) from None
         except RayActorError as e:
             raise ApiError(503, "service", None, f"the victim service died ({str(e).strip().splitlines()[0]})",
                            "ServiceDied") from None
 
-    def _error(self, e: BaseException) -> ApiError:
+    def _error(self, e: BaseException, n: int | None = None) -> ApiError:
         from workloads.attacks import BudgetExceeded
 
         if isinstance(e, UnknownClient):
             return ApiError(401, "Authorization", None, str(e), "UnknownClient")
         if isinstance(e, BudgetExceeded):
-            return _service_error(e, 402)
+            return ApiError(402, "x.n", n, str(e), "BudgetExceeded")
         if isinstance(e, Overloaded):
-            return ApiError(429, "x.n", None, str(e), "Overloaded", {"Retry-After": "1"})
+            return ApiError(429, "x.n", n, str(e), "Overloaded", {"Retry-After": "1"})
         if isinstance(e, NotOwner):
             return ApiError(403, "Authorization", None, str(e), "NotOwner")
         if isinstance(e, InvalidQuery):
@@ -234,6 +234,9 @@ class Frontend:
                            f"Content-Type: expected {NPY} or {JSON_TYPE}, got {ctype or 'none'!r}", "UnsupportedType")
         body = await self.body(request)
         if ctype in NPY_TYPES:
+            if not body.startswith(b"\x93NUMPY"):
+                raise ApiError(400, "body", f"{len(body)} bytes", "body: not a .npy file (it must start with the "
+                                                                  "\\x93NUMPY magic; numpy.save writes one)", "Malformed")
             try:
                 arr = np.load(io.BytesIO(body), allow_pickle=False)
             except Exception as e:
@@ -279,7 +282,7 @@ def build_app(front: Frontend) -> Starlette:
     async def predict(request: Request) -> Response:
         key = front.client_key(request)
         x, _ = await front.decode(request)
-        answer = await front.call(front.service.query.remote(key, x))
+        answer = await front.call(front.service.query.remote(key, x), len(x) if x.ndim else None)
         return front.reply(request, {"posteriors": answer})
 
     async def explain(request: Request) -> Response:
@@ -293,7 +296,8 @@ def build_app(front: Frontend) -> Starlette:
             raise ApiError(400, unknown[0], data[unknown[0]], f"{unknown[0]}: unknown field", "Malformed")
         opts = {k: data[k] for k in ("mode", "explainer", "samples", "sigma") if k in data}
         weights = front.images(data["weights"], "weights") if data.get("weights") is not None else None
-        posteriors, explanations = await front.call(front.service.explain.remote(key, x, weights=weights, **opts))
+        posteriors, explanations = await front.call(front.service.explain.remote(key, x, weights=weights, **opts),
+                                                    len(x) if x.ndim else None)
         return front.reply(request, {"posteriors": posteriors, "explanations": explanations})
 
     async def budget(request: Request) -> Response:

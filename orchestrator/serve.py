@@ -99,13 +99,17 @@ class ServeConfig:
 
 
 def load_serve(path, overrides=()) -> ServeConfig:
-    """The ServeConfig of a YAML file with `--set KEY=VALUE` overrides applied."""
+    """The ServeConfig of a YAML file with `--set KEY=VALUE` overrides applied (`--set defense.name=X` to another
+    defense drops the file's defense params: they belong to the other defense)."""
     from orchestrator.trial import apply_override
     from workloads.config import load_yaml
 
     data = load_yaml(path) or {}
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping at the top of the YAML, got {type(data).__name__}")
+    names = [a.partition("=")[2].strip() for a in overrides if a.partition("=")[0].strip() == "defense.name"]
+    if names and (data.get("defense") or {}).get("name", "none") != names[-1]:
+        data["defense"] = {"name": names[-1], "params": {}}
     for assignment in overrides:
         apply_override(data, assignment)
     return parse(ServeConfig, data)
@@ -244,21 +248,3 @@ def run(cfg: ServeConfig) -> int:
 def main(args) -> int:
     """`heist serve CONFIG [--set k=v ...]`."""
     return run(load_serve(args.config, getattr(args, "set", None) or []))
-
-
-def keys_main(args) -> int:
-    """`heist serve-keys URL CLIENT_ID BUDGET [--kind K] [--state-dir D | --token-file F]`: prints the new key."""
-    from orchestrator.client import HeistError, issue_key
-
-    token_file = Path(args.token_file) if args.token_file else Path(args.state_dir) / "owner_token"
-    if not token_file.is_file():
-        raise UserError(f"--token-file: no owner token at {str(token_file)!r} (heist serve writes it to "
-                        f"<state_dir>/owner_token)")
-    try:
-        key = issue_key(args.url, token_file.read_text().strip(), args.client_id, args.budget, args.kind)
-    except HeistError as e:
-        raise UserError(str(e)) from None
-    except OSError as e:
-        raise UserError(f"URL: cannot reach {args.url} ({e})") from None
-    print(key)
-    return 0
