@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--serve", action="store_true",
                    help="instead: HTTP predict throughput (heist serve) with N client processes vs the actor path "
                         "vs the raw forward")
+    b.add_argument("--json", help="with --serve: also write the rows to this JSON file")
 
     sv = sub.add_parser("serve", help="serve a defended victim as an HTTP prediction API (docs/serving.md)")
     sv.add_argument("config", help="serve YAML, e.g. serve/digits.yaml")

@@ -10,7 +10,8 @@ library: importing it imports neither Ray nor torch, so any attack tool can use 
 `predict` splits x into requests of at most the server's `max_request` images (and its body limit) and sends
 them one after another over one kept-alive connection (one Client per thread). Budget: with
 `all_or_nothing=True` (the default) a call the remaining budget cannot cover is refused before anything is
-sent (`OverBudget`, nothing charged); with `all_or_nothing=False` the images the budget covers are sent and
+sent (`OverBudget`, nothing charged; a call of one request is refused whole by the server, a longer one by
+checking `remaining()` first); with `all_or_nothing=False` the images the budget covers are sent and
 answered, then `OverBudget` is raised carrying those answers (`e.answered`), so nothing charged is lost.
 (Another holder of the same key can still spend the budget between the check and the requests; then too the
 answers already charged come back in `e.answered`.) A 429 (rate limit, or too many images queued) is retried
@@ -159,15 +160,15 @@ class Client:
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim < 1 or len(x) == 0:
             raise ValueError(f"x: expected a batch of images (n, C, H, W) with n >= 1, got shape {x.shape}")
-        n = len(x)
-        remaining = self.remaining()
-        if n > remaining:
-            if self.all_or_nothing:
-                raise OverBudget(f"a call of {n} images exceeds the {remaining} images left in this key's budget; "
-                                 f"nothing was sent (all_or_nothing)", value=n)
-            x = x[:remaining]
+        n, size = len(x), self.request_size()
+        if n > size or not self.all_or_nothing:    # one request is refused whole by the server: no check needed
+            remaining = self.remaining()
+            if n > remaining:
+                if self.all_or_nothing:
+                    raise OverBudget(f"a call of {n} images exceeds the {remaining} images left in this key's "
+                                     f"budget; nothing was sent (all_or_nothing)", value=n)
+                x = x[:remaining]
         answers: list[np.ndarray] = []
-        size = self.request_size()
         for lo in range(0, len(x), size):
             buf = io.BytesIO()
             np.save(buf, x[lo:lo + size], allow_pickle=False)
