@@ -63,6 +63,8 @@ class VictimConfig:
         if self.checkpoint is not None:
             if not Path(self.checkpoint).expanduser().is_file():
                 raise ConfigError(f"checkpoint: no such file: {self.checkpoint!r}")
+            # absolute, so a Tune trial (which changes directory) finds it; the key hashes the bytes, not the path
+            object.__setattr__(self, "checkpoint", str(Path(self.checkpoint).expanduser().resolve()))
             if isinstance(self.hardening, HardeningConfig) and self.hardening.name != "none":
                 raise ConfigError(f"hardening.name: a checkpoint victim is not trained here, so it takes no "
                                   f"hardening recipe; got {self.hardening.name!r}")
