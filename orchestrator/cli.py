@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--dataset", default="fashion_mnist")
     b.add_argument("--workers", default="1,4,8")
     b.add_argument("--batch", type=int, default=256)
-    b.add_argument("--images", type=int, default=40960, help="images each run sends in total")
+    b.add_argument("--images", type=int, default=40960, help="images each run sends in total (with --serve: "
+                                                             "20480 unless given)")
     b.add_argument("--max-batch", type=int, help="images per served batch (default: tuned per dataset)")
     b.add_argument("--forward-batch", type=int, help="forward chunk size; 0 = whole served batch")
     b.add_argument("--max-wait-ms", type=float, help="batcher wait to fill a batch")

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.ray
 
 ROOT = Path(__file__).parents[2]
 SENT: dict[str, list[int]] = {}       # client id -> images of each request the server answered, in order
-RATE, BURST, MAX_REQUEST = 2.0, 5, 256
+RATE, BURST, MAX_REQUEST = 4.0, 5, 256
 
 
 # ------------------------------------------------------------------------- an outside client: urllib only
