@@ -248,7 +248,7 @@ def zo_generator_step(ctx: GeneratorContext) -> None:
     ctx.opt_g.step()
 
 
-@register("dfme", DFMEParams, labels="soft")
+@register("dfme", DFMEParams, labels="soft", curves=("online",))
 def steal(cfg, params, client, pool, victim, checkpoint=None):
     """DFME; `pool` is unused (data-free)."""
     return run_generator_attack(cfg, params, client, victim, checkpoint, zo_generator_step,

@@ -88,7 +88,7 @@ def explanation_generator_step(ctx: GeneratorContext) -> None:
     ctx.opt_g.step()
 
 
-@register("megex", MEGEXParams, labels="soft", explanations=True)
+@register("megex", MEGEXParams, labels="soft", explanations=True, curves=("online",))
 def steal(cfg, params, client, pool, victim, checkpoint=None):
     """MEGEX; `pool` is unused (data-free). The client must serve `explain`."""
     return run_generator_attack(cfg, params, client, victim, checkpoint, explanation_generator_step,
