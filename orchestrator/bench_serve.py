@@ -21,14 +21,16 @@ import time
 import numpy as np
 
 
-def _http_client(url: str, key: str, x_path: str, lo: int, hi: int, batch: int, start_at: float, out) -> None:
-    """A client process: send x[lo:hi] in requests of `batch` from wall time `start_at`; put (start, end, images)."""
+def _http_client(url: str, key: str, x_path: str, lo: int, hi: int, batch: int, ready, go, out) -> None:
+    """A client process: connect and warm up, say `ready`, wait for `go`, send x[lo:hi] in requests of `batch`;
+    put (start, end, images)."""
     from orchestrator.client import Client
 
     x = np.load(x_path, mmap_mode="r")
     client = Client(url, key)
     client.predict(np.array(x[lo:lo + 1]))           # connect and warm up (charged, not timed)
-    time.sleep(max(0.0, start_at - time.time()))
+    ready.put(1)
+    go.wait()
     t0 = time.time()
     for i in range(lo, hi, batch):
         client.predict(np.array(x[i:min(i + batch, hi)]))
@@ -70,13 +72,15 @@ def _http_rows(model, shape, x: np.ndarray, workers, batch: int, cfg, repeats: i
             bounds = np.linspace(0, len(x), n + 1).astype(int)
             runs = []
             for _ in range(repeats):
-                out = ctx.Queue()
-                start_at = time.time() + 3.0                 # time for the processes to start and connect
+                ready, go, out = ctx.Queue(), ctx.Event(), ctx.Queue()
                 procs = [ctx.Process(target=_http_client, args=(url, keys[i], x_path, int(bounds[i]),
-                                                                int(bounds[i + 1]), batch, start_at, out))
+                                                                int(bounds[i + 1]), batch, ready, go, out))
                          for i in range(n)]
                 for p in procs:
                     p.start()
+                for _ in procs:
+                    ready.get(timeout=120)
+                go.set()
                 timed = [out.get(timeout=600) for _ in procs]
                 for p in procs:
                     p.join()
