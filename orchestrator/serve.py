@@ -210,6 +210,12 @@ def run(cfg: ServeConfig) -> int:
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     service = None
     try:
+        total = ray.cluster_resources()
+        for field, res, amount in (("service.num_cpus", "CPU", cfg.service.num_cpus),
+                                   ("service.num_gpus", "GPU", cfg.service.num_gpus)):
+            if amount > total.get(res, 0.0):
+                raise ConfigError(f"{field}: {amount:g} {res} requested, but the Ray cluster has "
+                                  f"{total.get(res, 0.0):g} {res} in total")
         victim = load_or_train(cfg.victim, cfg.cache_dir)
         data = victim.data
         spec = VictimSpec(cfg.victim.arch, data.shape, data.num_classes, config=cfg.victim, seed=cfg.victim.seed)
