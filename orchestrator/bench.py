@@ -169,6 +169,10 @@ def main(args) -> int:
     `heist bench --pow [--dataset D] [--batch B]`: the proof-of-work benchmark instead."""
     from workloads.config import ConfigError
 
+    if getattr(args, "serve", False):
+        from orchestrator.bench_serve import main as serve_main
+
+        return serve_main(args)
     if getattr(args, "pow", False):
         print(format_pow(run_pow_bench(getattr(args, "dataset", "fashion_mnist"), getattr(args, "batch", 256),
                                        repeats=getattr(args, "repeats", None) or 5)))

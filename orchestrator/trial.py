@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from orchestrator import pow_gate
 from orchestrator.attackers import BenignClient, RayQueryClient, spawn_attackers
 from orchestrator.config import TrialConfig, WorkerResources, trial_config
 from orchestrator.service import VictimSpec, service_actor
+from orchestrator.trial_progress import TrialProgress
 from orchestrator.waits import TimedOut, wait_for
 
 METRIC_ORDER = ("victim_accuracy", "defended_accuracy", "perturbation_l1", "perturbation_l1_attacker",
@@ -198,24 +200,26 @@ def aggregate(runs: list[dict], keys: list[str], victim_accuracy: float) -> dict
     return out
 
 
-def run_trial(cfg: TrialConfig, ledger_dir: str | Path | None = None) -> TrialResult:
+def run_trial(cfg: TrialConfig, ledger_dir: str | Path | None = None,
+              progress: TrialProgress | None = None) -> TrialResult:
     """Run one trial end to end and return its metrics, query ledger, attack runs and budget curves.
 
     Each attack runs `cfg.repeats` times against the same service; repeat r uses attack seed `seed + r`,
     from which every random stream of that run (query sampling, substitute init and batch order) derives.
     The service streams the request log to `ledger_dir` as Parquet parts (a temporary directory, read back
     into `TrialResult.ledger_rows`, when None). Every remote step waits at most `cfg.timeout_s`; a step that
-    times out or loses an actor raises TrialFailed naming the step.
+    times out or loses an actor raises TrialFailed naming the step. `progress` shows the phases as they run.
     """
+    progress = progress or TrialProgress()
     if ledger_dir is not None:
-        return _run_trial(cfg, Path(ledger_dir))
+        return _run_trial(cfg, Path(ledger_dir), progress)
     with tempfile.TemporaryDirectory(prefix="heist-ledger-") as tmp:
-        result = _run_trial(cfg, Path(tmp))
+        result = _run_trial(cfg, Path(tmp), progress)
         result.ledger_rows, result.ledger_dir, result.info["ledger_dir"] = result.ledger, None, None
         return result
 
 
-def _run_trial(cfg: TrialConfig, ledger_dir: Path) -> TrialResult:
+def _run_trial(cfg: TrialConfig, ledger_dir: Path, progress: TrialProgress) -> TrialResult:
     import torch
 
     from workloads import metrics as M
@@ -229,7 +233,10 @@ def _run_trial(cfg: TrialConfig, ledger_dir: Path) -> TrialResult:
     if not ray.is_initialized():
         ray.init()
     check_resources(cfg)
-    victim = load_or_train(cfg.victim, cfg.cache_dir)
+    with progress.phase("victim") as phase:
+        victim = load_or_train(cfg.victim, cfg.cache_dir)
+        phase.note = (f"{cfg.victim.dataset} {cfg.victim.arch}, "
+                      + ("from the cache" if victim.from_cache else "trained and cached"))
     data = victim.data
     timeout = cfg.timeout_s
 
@@ -265,8 +272,10 @@ def _run_trial(cfg: TrialConfig, ledger_dir: Path) -> TrialResult:
         benign = BenignClient.options(num_cpus=cfg.workers.num_cpus, num_gpus=cfg.workers.num_gpus).remote(
             service, "benign", benign_key, cfg.benign.batch, 1, timeout)
         owned.append(benign)
-        defended, latencies = wait_for(benign.run.remote(x_test, 0), "the benign client to stream the test set",
-                                       timeout)
+        with progress.phase("benign pass") as phase:
+            phase.note = f"{len(x_test):,} test images"
+            defended, latencies = wait_for(benign.run.remote(x_test, 0),
+                                           "the benign client to stream the test set", timeout)
         client_stats["benign"] = ray.get(benign.stats.remote())
         _kill([owned.pop()])
         defended = torch.from_numpy(np.array(defended, dtype=np.float32))
@@ -298,8 +307,9 @@ def _run_trial(cfg: TrialConfig, ledger_dir: Path) -> TrialResult:
                 owned.extend(workers)
                 attackers.extend(ids)
                 checkpoint = _curve_recorder(run.checkpoints, evaluate, curves, key, repeat) if run.checkpoints else None
-                substitute = steal(run, RayQueryClient(workers, budgets, timeout), pool, vinfo, checkpoint,
-                                   pool_labels)
+                client = RayQueryClient(workers, budgets, timeout)
+                with progress.phase(f"attack {key} r{repeat}", client):
+                    substitute = steal(run, client, pool, vinfo, checkpoint, pool_labels)
                 client_stats |= dict(zip(ids, ray.get([w.stats.remote() for w in workers])))
                 pow_clients.setdefault(key, []).extend(ids)
                 _kill([owned.pop() for _ in workers])
@@ -432,7 +442,7 @@ def main(args) -> int:
     cfg = load_trial(args.config, getattr(args, "set", None) or [])
     started = not ray.is_initialized()
     try:
-        result = run_trial(cfg)
+        result = run_trial(cfg, progress=TrialProgress(sys.stderr))
     finally:
         if started and ray.is_initialized():
             ray.shutdown()
