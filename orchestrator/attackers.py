@@ -151,11 +151,12 @@ class AttackerWorker(_Streamer):
         return int(wait_for(self.service.ready.remote(), "the victim service's interface (ready)",
                             self.timeout_s)["num_classes"])
 
-    def timed_query(self, x: np.ndarray, lo: int = 0, hi: int | None = None) -> tuple[float, float, int]:
-        """Like `query`, but returns (start, end, images) wall-clock times instead of answers (benchmarks)."""
+    def timed_query(self, x: np.ndarray, lo: int = 0, hi: int | None = None) -> tuple[float, float, int, list[float]]:
+        """Like `query`, but returns (start, end, images, per-request latencies in ms) instead of answers
+        (benchmarks); start and end are wall-clock times."""
         t0 = time.time()
-        out, _ = self._run(x[lo:hi])
-        return t0, time.time(), len(out)
+        out, latencies = self._run(x[lo:hi])
+        return t0, time.time(), len(out), latencies
 
 
 @ray.remote(max_restarts=WORKER_RESTARTS, max_task_retries=WORKER_RESTARTS)

@@ -55,6 +55,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
@@ -68,6 +69,14 @@ from orchestrator.admission import (ClientRecord, InvalidQuery, NotOwner, Overlo
 from orchestrator.ledger import RequestLog
 
 CPU_FORWARD_BATCH = 256  # a CPU forward of 2048 LeNet images runs at half the speed of 256 (heist bench)
+# The GIL hand-over interval of the service's process (Python's default is 5 ms). The compute thread gives the
+# GIL up inside every torch op and must get it back for the next one; while the event loop thread runs Python
+# (receiving, validating and answering requests) each hand-back waited up to 5 ms, which held the compute
+# thread at ~0.6x the raw forward with client batches of 16 (docs/performance.md).
+SWITCH_INTERVAL_S = 2e-4
+# Served batches in flight: one computing, the next already handed to the compute thread, so it never waits for
+# the event loop to answer the previous batch's requests and collect the next one.
+PIPELINE_DEPTH = 2
 
 __all__ = ["ClientRecord", "Gate", "InvalidQuery", "NotOwner", "OpenGate", "Overloaded", "Request", "UnknownClient",
            "VictimFailure", "VictimService", "VictimSpec", "service_actor"]
@@ -182,6 +191,7 @@ class _Service:
         self.served = ServedStats()
         self._queue: asyncio.Queue | None = None
         self._batcher_task: asyncio.Task | None = None
+        self._serving: set[asyncio.Task] = set()     # served batches in flight (a reference keeps each alive)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="victim-compute",
                                         initializer=torch.set_num_threads, initargs=(self.num_threads,))
         self._t0, self._wall0 = time.perf_counter(), time.time()
@@ -364,10 +374,12 @@ class _Service:
     async def _batcher(self) -> None:
         loop = asyncio.get_running_loop()
         max_batch, max_wait = self.cfg.max_batch, self.cfg.max_wait_ms / 1e3
+        slots = asyncio.Semaphore(PIPELINE_DEPTH)
         carry: Request | None = None
         batch: list[Request] = []
         try:
             while True:
+                await slots.acquire()              # at most PIPELINE_DEPTH served batches in flight
                 first = carry or await self._queue.get()
                 carry, batch, n = None, [first], first.n
                 deadline = loop.time() + max_wait
@@ -387,7 +399,9 @@ class _Service:
                         break
                     batch.append(req)
                     n += req.n
-                await self._serve(batch)
+                task = loop.create_task(self._serve_owned(batch, slots))
+                self._serving.add(task)
+                task.add_done_callback(self._serving.discard)
                 batch = []
         except BaseException as e:   # fail every request held or queued: none may wait forever
             error = VictimFailure(f"the service's batcher stopped ({type(e).__name__}: {e}); nothing was charged")
@@ -397,6 +411,20 @@ class _Service:
             for req in held:
                 self._fail(req, error)
             raise
+
+    async def _serve_owned(self, batch: list[Request], slots: asyncio.Semaphore) -> None:
+        """Serve a batch the batcher handed over; if serving it breaks, its unanswered requests fail (none waits
+        forever). Frees the batcher's slot."""
+        try:
+            await self._serve(batch)
+        except BaseException as e:
+            error = VictimFailure(f"the service could not serve a batch ({type(e).__name__}: {e}); nothing was charged")
+            for req in batch:
+                self._fail(req, error)
+            if not isinstance(e, Exception):
+                raise
+        finally:
+            slots.release()
 
     async def _serve(self, batch: list[Request]) -> None:
         """Serve a batch: its queries in one forward, its explanation requests in one computation per setting."""
@@ -412,15 +440,15 @@ class _Service:
         each is answered and charged, or fails alone."""
         loop = asyncio.get_running_loop()
         x = np.concatenate([r.x for r in batch])               # a fresh, writable, contiguous buffer
-        t_start = time.perf_counter()
         try:
             if setting is None:
-                answer, l1, fwd_ms, def_ms = await loop.run_in_executor(self._pool, self._compute, x)
+                (answer, l1, fwd_ms, def_ms), t_start, t_end = await loop.run_in_executor(
+                    self._pool, _timed, self._compute, x)
                 grads = None
             else:
                 weights = np.concatenate([r.explain[1] for r in batch]) if setting.mode == "vjp" else None
-                answer, grads, l1 = await loop.run_in_executor(self._pool, self._compute_explanations, x, setting,
-                                                               weights)
+                (answer, grads, l1), t_start, t_end = await loop.run_in_executor(
+                    self._pool, _timed, self._compute_explanations, x, setting, weights)
         except Exception as e:
             if len(batch) > 1:   # find the request(s) that fail: retry each alone
                 for r in batch:
@@ -429,7 +457,6 @@ class _Service:
                 self._fail(batch[0], VictimFailure(f"client {batch[0].client.client_id!r}: the victim could not "
                                                    f"answer this request ({type(e).__name__}: {e}); nothing was charged"))
             return
-        t_end = time.perf_counter()
         batch_id = self.served.add(len(x), fwd_ms, def_ms) if setting is None else self.served.next()
         finite = np.isfinite(answer).all(1) & np.isfinite(l1)
         if grads is not None:
@@ -485,6 +512,13 @@ class _Service:
         return answer, l1, (t1 - t0) * 1e3, (t2 - t1) * 1e3
 
 
+def _timed(fn, *args):
+    """fn(*args) and the compute thread's own start and end times (not the wait for the thread)."""
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return out, t0, time.perf_counter()
+
+
 @ray.remote
 class VictimService:
     """The Ray actor: a `_Service` engine behind exactly these methods (Ray makes every method of an actor class
@@ -496,6 +530,7 @@ class VictimService:
     """
 
     def __init__(self, *args, **kwargs):
+        sys.setswitchinterval(SWITCH_INTERVAL_S)     # this process is the service's own
         self.engine = _Service(*args, **kwargs)
 
     async def ready(self) -> dict:
