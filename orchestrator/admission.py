@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import math
 import secrets
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -98,10 +99,15 @@ class ClientRecord:
     failed: int = 0              # requests the victim could not answer (not charged)
     replayed: int = 0            # repeated requests answered from the record (not charged again)
     seq: int = 0                 # number of the next accepted request
-    l1: float = 0.0              # Σ over answered images of ‖defended − clean‖₁ (the defense's perturbation)
+    l1_exact: Fraction = Fraction(0)   # Σ over answered images of ‖defended − clean‖₁ (the defense's perturbation),
+                                 # summed exactly: the same total whatever order concurrent requests are answered in
     stream: int = -1             # the client's current request stream (see `Request.request_id`)
     replies: dict = dataclasses.field(default_factory=dict)   # seq in the current stream -> its Request
     state: dict = dataclasses.field(default_factory=dict)     # for gates/defenses: PoW tickets, leakage, ...
+
+    @property
+    def l1(self) -> float:
+        return float(self.l1_exact)
 
     def summary(self) -> dict:
         return {k: getattr(self, k) for k in

@@ -58,6 +58,7 @@ import math
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
 from typing import Any, Protocol
 
 import numpy as np
@@ -158,9 +159,7 @@ class _Service:
         import torch
 
         from orchestrator.config import ServiceConfig
-        from workloads.defenses import DefenseConfig, DefenseContext, build_defense
         from workloads.models import build_model
-        from workloads.seeds import derive_seed
 
         if not isinstance(owner, str) or len(owner) < 16:
             raise ValueError("owner: expected the owner token (a secret string, see admission.new_token)")
@@ -178,8 +177,24 @@ class _Service:
         model = build_model(spec.arch, self.shape, spec.num_classes)
         model.load_state_dict(state_dict)
         self.model = model.to(self.device).eval()
-        data = spec.config.load_data() if spec.config is not None else None
-        ctx = DefenseContext(victim=self.model, dataset=data, arch=spec.arch, seed=spec.seed, device=self.device)
+        self._spec = spec
+        self._data = spec.config.load_data() if spec.config is not None else None
+        self._torch = torch
+        self._queue: asyncio.Queue | None = None
+        self._batcher_task: asyncio.Task | None = None
+        self._serving: set[asyncio.Task] = set()     # served batches in flight (a reference keeps each alive)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="victim-compute",
+                                        initializer=torch.set_num_threads, initargs=(self.num_threads,))
+        self._configure(defense, gate, log_dir)
+
+    def _configure(self, defense, gate: Gate | None, log_dir: str | None) -> None:
+        """Everything a trial sets: the defense (built afresh), the gate, the request log, no clients, zeroed
+        statistics and freshly seeded explanation streams: a service after `reset` is a freshly started one."""
+        from workloads.defenses import DefenseConfig, DefenseContext, build_defense
+        from workloads.seeds import derive_seed
+
+        torch, spec = self._torch, self._spec
+        ctx = DefenseContext(victim=self.model, dataset=self._data, arch=spec.arch, seed=spec.seed, device=self.device)
         self.defense = build_defense(defense or DefenseConfig(), ctx)
         self.gate = gate or OpenGate()
         if hasattr(self.gate, "bind"):
@@ -189,13 +204,7 @@ class _Service:
         self.clients = admission.Clients()
         self.log = RequestLog(log_dir, self.cfg.log_chunk)
         self.served = ServedStats()
-        self._queue: asyncio.Queue | None = None
-        self._batcher_task: asyncio.Task | None = None
-        self._serving: set[asyncio.Task] = set()     # served batches in flight (a reference keeps each alive)
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="victim-compute",
-                                        initializer=torch.set_num_threads, initargs=(self.num_threads,))
         self._t0, self._wall0 = time.perf_counter(), time.time()
-        self._torch = torch
 
     # ---------------------------------------------------------------- the interface, owner-only calls
     async def ready(self) -> dict:
@@ -207,6 +216,18 @@ class _Service:
                 "forward_batch": self.forward_batch, "max_wait_ms": self.cfg.max_wait_ms,
                 "max_request": self.cfg.max_request, "max_queued": self.cfg.max_queued,
                 "gate": type(self.gate).__name__}
+
+    async def reset(self, owner: str, defense=None, gate: Gate | None = None, log_dir: str | None = None) -> dict:
+        """Serve the next trial with the same victim: a new defense (a DefenseConfig), gate and request log, no
+        clients, zeroed statistics and explanation streams seeded as at the start — what a fresh service would
+        be, without a new process, model or dataset load. The previous log must have been flushed; refused
+        while requests are being served. Returns `ready()`."""
+        admission.check_owner(owner, self._owner, "reset")
+        busy = sum(r.queued for r in self.clients.by_id.values())
+        if busy or self._serving:
+            raise RuntimeError(f"reset: {busy} images are still queued or being served; reset between trials")
+        self._configure(defense, gate, log_dir)
+        return await self.ready()
 
     async def register(self, owner: str, client_id: str, budget: int, kind: str = "attacker",
                        tags: dict | None = None) -> str:
@@ -342,7 +363,7 @@ class _Service:
         rec.images += req.cost
         rec.batches += 1
         rec.seconds += t_end - req.t_submit
-        rec.l1 += l1
+        rec.l1_exact += Fraction(l1)
         self.log.append({"client": rec.client_id, "kind": rec.kind, "seq": req.seq, "images": req.cost, "l1": l1,
                          "request": "query" if req.explain is None else "explain", "inputs": req.n,
                          "queue_ms": (t_start - req.t_submit) * 1e3, "compute_ms": (t_end - t_start) * 1e3,
@@ -552,6 +573,9 @@ class VictimService:
     async def register(self, owner: str, client_id: str, budget: int, kind: str = "attacker",
                        tags: dict | None = None) -> str:
         return await self.engine.register(owner, client_id, budget, kind, tags)
+
+    async def reset(self, owner: str, defense=None, gate: Gate | None = None, log_dir: str | None = None) -> dict:
+        return await self.engine.reset(owner, defense, gate, log_dir)
 
     async def ledger(self, owner: str) -> dict[str, dict]:
         return await self.engine.ledger(owner)

@@ -108,16 +108,22 @@ def _tune_error(trial) -> str:
 
 
 # ---------------------------------------------------------------------------------------- the trials
+_ACTORS = None   # this trial process's TrialActors: Tune reuses the process from trial to trial (reuse_actors)
+
+
 def defense_trial(config: dict, base: dict, sweep_dir: str, sweep_id: str) -> None:
     """Tune function trainable: one trial on the point Optuna chose (a defense, and a victim recipe when that is
-    searched: its victim comes from the cache or is trained here); records and reports its metrics."""
-    from orchestrator.trial import run_trial
+    searched: its victim comes from the cache or is trained here); records and reports its metrics. The trial
+    runs on the actors the previous trial of this process left (service reset, workers re-bound)."""
+    global _ACTORS
+    from orchestrator.trial import TrialActors, run_trial
 
+    _ACTORS = _ACTORS or TrialActors()
     folder, trial_id = Path(sweep_dir), tune.get_context().get_trial_id()
     record = {"trial_id": trial_id, "study_trial": config.get("study_trial"), "defense": config["defense"],
               "hardening": config.get("hardening"), "started": time.time()}
     try:
-        result = run_trial(trial_config(trial_data(base, config)))
+        result = run_trial(trial_config(trial_data(base, config)), actors=_ACTORS)
     except Exception as e:
         write_json(folder / RESULTS / f"{trial_id}.json",
                    record | {"status": "FAILED", "error": failure_reason(e), "metrics": {}, "ended": time.time()})
