@@ -443,14 +443,17 @@ def run(cfg: SweepConfig) -> int:
     check_writable(cfg)
     cfg, started = _start_ray(cfg)
     try:
-        acc = _victim_accuracy(cfg)
         plain = cfg.base_trial()        # the reference has no defense at all: no output defense, no hardening
         plain["victim"] = plain["victim"] | {"hardening": {"name": "none", "params": {}}}
+        # a cached reference of this very victim knows its accuracy: no process is started to load it
+        known = reference_trial.cache_path(plain).is_file() and plain["victim"] == to_dict(cfg.victim.at())
+        acc = None if known else _victim_accuracy(cfg)
         try:
             baseline = reference_trial.undefended(plain, cfg.trial_resources.num_cpus, cfg.trial_resources.num_gpus)
         except UserError as e:       # the trials will say why too; the sweep records each one's reason
             print(f"heist: warning: {e}; the sweep goes on without an undefended reference", file=sys.stderr)
             baseline = None
+        acc = baseline.metrics["victim_accuracy"] if acc is None else acc
         sweep_id = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
         sweep_dir = Path(cfg.storage) / sweep_id
         sweep_dir.mkdir(parents=True)
