@@ -217,14 +217,14 @@ def main(args) -> int:
         print(format_pow(out))
         return _maybe_json(args, out)
     if getattr(args, "defenses", False):
-        from orchestrator.bench_defenses import defense_costs, format_rows as format_costs
+        from orchestrator.bench_defenses import defense_costs, format_rows as format_costs, paper_comparison
 
         dataset, batch = getattr(args, "dataset", "fashion_mnist"), _ints(getattr(args, "batch", 256), "--batch")[0]
         print(f"heist bench --defenses: lenet5 on {dataset} test images (random weights), batch {batch}, "
-              f"1 torch thread, best of {repeats or 5}")
-        rows = defense_costs(dataset, batch, repeats or 5)
+              f"1 torch thread, best of {repeats or 20}")
+        rows = defense_costs(dataset, batch, repeats or 20)
         print(format_costs(rows))
-        return _maybe_json(args, rows)
+        return _maybe_json(args, {"rows": rows, "paper_comparison": paper_comparison(rows)})
     if getattr(args, "sweep", False):
         from orchestrator.bench_sweep import format_sweep, run_sweep_bench
 

@@ -46,3 +46,15 @@ def test_defense_costs_time_every_defense_against_the_same_forward():
     base = rows[0]["seconds"]
     for r in rows[1:]:
         assert r["ratio"] == r["seconds"] / base and r["us_per_image"] == (r["seconds"] - base) / 64 * 1e6
+
+
+def test_memory_bench_keeps_the_request_log_and_ledger_bounded():
+    """The service engine's request log holds under one chunk of rows whatever the number of queries (the rest is
+    in Parquet parts) and its ledger does not grow with the queries."""
+    from orchestrator.bench_memory import run_memory_bench
+
+    r = run_memory_bench(queries=16384, request=8, clients=4, in_flight=4, chunk=256)
+    assert r["queries"] == 16384 and r["requests"] == 2048
+    assert r["max_log_rows_in_memory"] < 256 and r["parquet_parts"] == 2048 // 256
+    sizes = [p["ledger_bytes"] for p in r["points"]]
+    assert max(sizes) - min(sizes) < 64 and max(sizes) < 2000     # larger counts, no more rows
