@@ -12,7 +12,8 @@ defense. Clients (attacker workers, the benign client) send batches of images; t
    nothing is charged for a refused batch;
 3. queues the batch; one batcher task concatenates queued requests up to `max_batch` images or
    `max_wait_ms`, runs ONE forward pass + defense for all of them (in a compute thread, so the event
-   loop keeps accepting requests meanwhile) and splits the answer back. If that compute raises, each of
+   loop keeps accepting requests meanwhile; the next batch is handed to the thread before the previous one's
+   answers are sent, so the thread never waits for the event loop) and splits the answer back. If that compute raises, each of
    its requests is retried alone, so only the request that causes a failure fails; a request whose
    answer is not finite fails alone (`VictimFailure`, not charged). If the batcher itself dies, every
    request it held fails at once and the next request starts a new batcher;
@@ -24,8 +25,9 @@ The Ray actor `VictimService` exposes only its public methods and keeps the engi
 attribute, so nothing underscored is callable through the handle: `ready()` (the interface: shape, classes,
 input range, request limits) for anyone; `query(key, x, request_id)`, `explain(key, x, ...)` and `usage(key)`
 for a registered client;
-`register`, `ledger`, `stats`, `request_log` and `flush_log` for the owner (the token `service_actor`
-returns). Per-client state lives in the engine (`ClientRecord`, one per client) so later additions plug in
+`register`, `ledger`, `stats`, `request_log`, `flush_log` and `reset` (serve the next trial of the same victim
+with another defense, as a fresh service: see `TrialActors` in trial.py) for the owner (the token
+`service_actor` returns). Per-client state lives in the engine (`ClientRecord`, one per client) so later additions plug in
 without rewrites:
 
 * a proof-of-work gate (orchestrator/pow_gate.py): a `Gate` whose `release` answers with a challenge
