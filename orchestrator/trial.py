@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from orchestrator import pow_gate
 from orchestrator.attackers import RayQueryClient, register_attackers, start_workers
 from orchestrator.config import TrialConfig, WorkerResources, trial_config
 from orchestrator.service import VictimSpec, service_actor
+from orchestrator.trial_progress import TrialProgress
 from orchestrator.waits import TimedOut, wait_for
 
 METRIC_ORDER = ("victim_accuracy", "defended_accuracy", "perturbation_l1", "perturbation_l1_attacker",
@@ -250,25 +252,27 @@ def aggregate(runs: list[dict], keys: list[str], victim_accuracy: float) -> dict
     return out
 
 
-def run_trial(cfg: TrialConfig, ledger_dir: str | Path | None = None, actors: TrialActors | None = None) -> TrialResult:
+def run_trial(cfg: TrialConfig, ledger_dir: str | Path | None = None, actors: TrialActors | None = None,
+              progress: TrialProgress | None = None) -> TrialResult:
     """Run one trial end to end and return its metrics, query ledger, attack runs and budget curves.
 
     Each attack runs `cfg.repeats` times against the same service; repeat r uses attack seed `seed + r`,
     from which every random stream of that run (query sampling, substitute init and batch order) derives.
     The service streams the request log to `ledger_dir` as Parquet parts (a temporary directory, read back
     into `TrialResult.ledger_rows`, when None). Every remote step waits at most `cfg.timeout_s`; a step that
-    times out or loses an actor raises TrialFailed naming the step.
+    times out or loses an actor raises TrialFailed naming the step. `progress` shows the phases as they run.
 
     `actors` (a TrialActors) are kept for the next trial when the trial succeeds (and closed when it fails);
     without them the trial starts its own and kills them at the end. The results are the same either way.
     """
     own = actors is None
     actors = actors or TrialActors()
+    progress = progress or TrialProgress()
     try:
         if ledger_dir is not None:
-            return _run_trial(cfg, Path(ledger_dir), actors)
+            return _run_trial(cfg, Path(ledger_dir), actors, progress)
         with tempfile.TemporaryDirectory(prefix="heist-ledger-") as tmp:
-            result = _run_trial(cfg, Path(tmp), actors)
+            result = _run_trial(cfg, Path(tmp), actors, progress)
             result.ledger_rows, result.ledger_dir, result.info["ledger_dir"] = result.ledger, None, None
             return result
     except BaseException:
@@ -279,7 +283,7 @@ def run_trial(cfg: TrialConfig, ledger_dir: str | Path | None = None, actors: Tr
             actors.close()
 
 
-def _run_trial(cfg: TrialConfig, ledger_dir: Path, actors: TrialActors) -> TrialResult:
+def _run_trial(cfg: TrialConfig, ledger_dir: Path, actors: TrialActors, progress: TrialProgress) -> TrialResult:
     import torch
 
     from workloads import metrics as M
@@ -291,7 +295,10 @@ def _run_trial(cfg: TrialConfig, ledger_dir: Path, actors: TrialActors) -> Trial
     if not ray.is_initialized():
         ray.init()
     check_resources(cfg)
-    victim, clean = actors.victim_for(cfg)
+    with progress.phase("victim") as phase:
+        victim, clean = actors.victim_for(cfg)
+        phase.note = (f"{cfg.victim.dataset} {cfg.victim.arch}, "
+                      + ("from the cache" if victim.from_cache else "trained and cached"))
     data = victim.data
     timeout = cfg.timeout_s
 
@@ -322,8 +329,10 @@ def _run_trial(cfg: TrialConfig, ledger_dir: Path, actors: TrialActors) -> Trial
                               "the service to register the benign client", timeout)
         benign_client = ("benign", benign_key, cfg.benign.batch, 1)
         benign = actors.workers_for(cfg, [benign_client])[0]
-        defended, latencies = wait_for(benign.run.remote(x_test, 0, benign_client),
-                                       "the benign client to stream the test set", timeout)
+        with progress.phase("benign pass") as phase:
+            phase.note = f"{len(x_test):,} test images"
+            defended, latencies = wait_for(benign.run.remote(x_test, 0, benign_client),
+                                           "the benign client to stream the test set", timeout)
         client_stats["benign"] = ray.get(benign.stats.remote())
         defended = torch.from_numpy(np.array(defended, dtype=np.float32))
         metrics: dict[str, float] = {
@@ -352,7 +361,8 @@ def _run_trial(cfg: TrialConfig, ledger_dir: Path, actors: TrialActors) -> Trial
                 attackers.extend(ids)
                 client = RayQueryClient(actors.workers_for(cfg, clients), budgets, timeout, clients)
                 checkpoint = _curve_recorder(run.checkpoints, evaluate, curves, key, repeat) if run.checkpoints else None
-                substitute = steal(run, client, pool, vinfo, checkpoint, pool_labels)
+                with progress.phase(f"attack {key} r{repeat}", client):
+                    substitute = steal(run, client, pool, vinfo, checkpoint, pool_labels)
                 client_stats |= dict(zip(ids, client.stats()))
                 pow_clients.setdefault(key, []).extend(ids)
                 ledger = wait_for(service.ledger.remote(owner), "the service's ledger", timeout)
@@ -482,7 +492,7 @@ def main(args) -> int:
     cfg = load_trial(args.config, getattr(args, "set", None) or [])
     started = not ray.is_initialized()
     try:
-        result = run_trial(cfg)
+        result = run_trial(cfg, progress=TrialProgress(sys.stderr))
     finally:
         if started and ray.is_initialized():
             ray.shutdown()
