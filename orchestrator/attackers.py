@@ -8,7 +8,10 @@
   the answers in order, so every image is answered exactly once and charged exactly once. `explain(x,
   request, weights)` does the same with the service's `explain`, each image charged request.cost(K).
 * `BenignClient` (Ray actor): streams the test set through the service as its own client and returns the
-  defended posteriors plus per-batch latencies.
+  defended posteriors plus per-batch latencies (`run`; an AttackerWorker has it too).
+* Long-lived workers (trial.TrialActors): a worker streams as one client after another. Each call may carry
+  its client's binding `(client_id, key, query_batch, max_in_flight)` (`register_attackers` returns them,
+  `RayQueryClient(..., clients=...)` passes them), which re-binds the worker, with fresh counters, first.
 
 Restarts: a worker killed mid-stream is restarted by Ray (`WORKER_RESTARTS`) and its call is retried; each
 call carries a stream number and each request its place in the stream, `(stream, i)`, so the service answers
