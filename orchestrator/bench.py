@@ -209,8 +209,14 @@ def write_json(path, rows) -> None:
 
 def main(args) -> int:
     """`heist bench [--dataset D] [--workers 1,4,8,16] [--batch 256,16] [--images N] [--json PATH]`; prints the
-    table. `--sweep`, `--memory`, `--defenses`, `--pow`: those benchmarks instead."""
+    table. `--sweep`, `--memory`, `--defenses`, `--pow`, `--serve` (orchestrator/bench_serve.py): those benchmarks
+    instead."""
     repeats = getattr(args, "repeats", None)
+    if getattr(args, "serve", False):
+        from orchestrator.bench_serve import main as serve_main
+
+        args.batch = _ints(getattr(args, "batch", 256), "--batch")[0]
+        return serve_main(args)
     if getattr(args, "pow", False):
         out = run_pow_bench(getattr(args, "dataset", "fashion_mnist"), _ints(getattr(args, "batch", 256), "--batch")[0],
                             repeats=repeats or 5)
