@@ -27,8 +27,9 @@ def _parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="serving benchmark: VictimService throughput vs raw batched forward")
     b.add_argument("--dataset", default="fashion_mnist")
-    b.add_argument("--workers", default="1,4,8")
-    b.add_argument("--batch", type=int, default=256)
+    b.add_argument("--workers", default="1,4,8,16", help="worker counts, comma-separated")
+    b.add_argument("--batch", default="256,16", help="client batch sizes, comma-separated (--defenses, --pow, "
+                                                     "--serve: the first)")
     b.add_argument("--images", type=int, default=40960, help="images each run sends in total (with --serve: "
                                                              "20480 unless given)")
     b.add_argument("--max-batch", type=int, help="images per served batch (default: tuned per dataset)")
@@ -41,10 +42,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="instead: each output defense's added cost per image at a fixed batch (--batch)")
     b.add_argument("--pow", action="store_true",
                    help="proof of work instead: minter vs raw SHA-1 rate, leakage accounting vs forward per batch")
+    b.add_argument("--sweep", action="store_true",
+                   help="instead: a sweep's wall time vs the same trials' work in one plain process")
+    b.add_argument("--sweep-config", dest="config", help="--sweep: the sweep YAML (default sweeps/quickstart.yaml)")
+    b.add_argument("--trials", type=int, help="--sweep: trials (default: the sweep's num_samples)")
+    b.add_argument("--concurrent", action="store_true",
+                   help="--sweep: also run the sweep with max_concurrent 2 and compare trials per hour")
+    b.add_argument("--memory", action="store_true",
+                   help="instead: the request log's and ledger's memory over --queries requests")
+    b.add_argument("--queries", type=int, help="--memory: requests logged (default 1000000)")
     b.add_argument("--serve", action="store_true",
                    help="instead: HTTP predict throughput (heist serve) with N client processes vs the actor path "
                         "vs the raw forward")
-    b.add_argument("--json", help="with --serve: also write the rows to this JSON file")
+    b.add_argument("--json", help="also write the figures to this JSON file")
 
     sv = sub.add_parser("serve", help="serve a defended victim as an HTTP prediction API (docs/serving.md)")
     sv.add_argument("config", help="serve YAML, e.g. serve/digits.yaml")
