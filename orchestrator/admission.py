@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import math
 import secrets
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -98,10 +99,15 @@ class ClientRecord:
     failed: int = 0              # requests the victim could not answer (not charged)
     replayed: int = 0            # repeated requests answered from the record (not charged again)
     seq: int = 0                 # number of the next accepted request
-    l1: float = 0.0              # Σ over answered images of ‖defended − clean‖₁ (the defense's perturbation)
+    l1_exact: Fraction = Fraction(0)   # Σ over answered images of ‖defended − clean‖₁ (the defense's perturbation),
+                                 # summed exactly: the same total whatever order concurrent requests are answered in
     stream: int = -1             # the client's current request stream (see `Request.request_id`)
     replies: dict = dataclasses.field(default_factory=dict)   # seq in the current stream -> its Request
     state: dict = dataclasses.field(default_factory=dict)     # for gates/defenses: PoW tickets, leakage, ...
+
+    @property
+    def l1(self) -> float:
+        return float(self.l1_exact)
 
     def summary(self) -> dict:
         return {k: getattr(self, k) for k in
@@ -166,13 +172,16 @@ def validate(rec: ClientRecord, x: Any, shape: tuple[int, ...], input_range: tup
     n = len(x)
     if not 1 <= n <= max_request:
         raise bad("x.n", f"expected 1..{max_request} images per request, got {n}")
+    low, high = input_range
+    lo_value, hi_value = float(x.min()), float(x.max())      # NaN in x makes both NaN: one pass each
+    if math.isfinite(lo_value) and math.isfinite(hi_value) and low <= lo_value and hi_value <= high:
+        return x.astype(np.float32, copy=False)
     finite = np.isfinite(x)
     if not finite.all():
         rows = np.flatnonzero(~finite.reshape(n, -1).all(1))
         raise bad("x.values", f"{int((~finite).sum())} non-finite values (NaN/inf) in {len(rows)} image(s), "
                               f"first at image {int(rows[0])}")
-    low, high = input_range
-    if x.min() < low or x.max() > high:
+    if lo_value < low or hi_value > high:
         outside = (x < low) | (x > high)
         rows = np.flatnonzero(outside.reshape(n, -1).any(1))
         first = x[rows[0]][outside[rows[0]]][0]

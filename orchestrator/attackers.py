@@ -8,7 +8,10 @@
   the answers in order, so every image is answered exactly once and charged exactly once. `explain(x,
   request, weights)` does the same with the service's `explain`, each image charged request.cost(K).
 * `BenignClient` (Ray actor): streams the test set through the service as its own client and returns the
-  defended posteriors plus per-batch latencies.
+  defended posteriors plus per-batch latencies (`run`; an AttackerWorker has it too).
+* Long-lived workers (trial.TrialActors): a worker streams as one client after another. Each call may carry
+  its client's binding `(client_id, key, query_batch, max_in_flight)` (`register_attackers` returns them,
+  `RayQueryClient(..., clients=...)` passes them), which re-binds the worker, with fresh counters, first.
 
 Restarts: a worker killed mid-stream is restarted by Ray (`WORKER_RESTARTS`) and its call is retried; each
 call carries a stream number and each request its place in the stream, `(stream, i)`, so the service answers
@@ -36,13 +39,26 @@ class _Streamer:
 
     def __init__(self, service, client_id: str, key: str, batch: int, max_in_flight: int,
                  timeout_s: float = DEFAULT_TIMEOUT_S):
-        self.service, self.client_id, self.key = service, client_id, key
-        self.batch, self.max_in_flight = int(batch), max(1, int(max_in_flight))
+        self.service = service
         self.timeout_s = float(timeout_s)
-        self.requests = 0      # requests answered by this incarnation of the worker
+        self._bind((client_id, key, batch, max_in_flight))
+
+    def _bind(self, client: tuple[str, str, int, int]) -> None:
+        """Stream as `client` = (client_id, key, batch, max_in_flight) from now on, with fresh counters."""
+        self.client = tuple(client)
+        self.client_id, self.key = client[0], client[1]
+        self.batch, self.max_in_flight = int(client[2]), max(1, int(client[3]))
+        self.requests = 0      # requests answered for this client by this incarnation of the worker
         self.seconds = 0.0
         self.hashes = self.stamps = 0         # proof of work: hashes computed, stamps minted
         self.mint_seconds = 0.0
+
+    def bind(self, client) -> None:
+        """Stream as `client` = (client_id, key, batch, max_in_flight) when it is not the current one (a long-lived
+        worker serves one client after another; each call carries its binding, so a worker Ray restarted with
+        its first binding is re-bound by the retried call). None keeps the current client."""
+        if client is not None and tuple(client) != self.client:
+            self._bind(client)
 
     def _run(self, x: np.ndarray, stream: int | None = None, send=None) -> tuple[np.ndarray, list[float]]:
         """Answers for x in order, and each request's latency (submit to answer, ms).
@@ -113,10 +129,15 @@ class _Streamer:
                             f"not posteriors (a gate challenge this client cannot answer)")
         return reply
 
+    def run(self, x: np.ndarray, stream: int | None = None, client=None) -> tuple[np.ndarray, list[float]]:
+        """Answers for x (in order) and per-request latencies in ms; `client` as in `bind`."""
+        self.bind(client)
+        return self._run(x, stream)
+
     def stats(self) -> dict:
-        """images: answered and charged by the service for this client (its ledger, so a restart loses
-        nothing); requests, seconds, hashes, stamps and mint_seconds (proof of work): this incarnation's;
-        restarted: whether Ray restarted this worker."""
+        """images: answered and charged by the service for the current client (its ledger, so a restart loses
+        nothing); requests, seconds, hashes, stamps and mint_seconds (proof of work): this incarnation's, for
+        this client; restarted: whether Ray restarted this worker."""
         usage = wait_for(self.service.usage.remote(self.key), f"the service's usage of client {self.client_id!r}",
                          self.timeout_s)
         return {"client_id": self.client_id, "images": usage["images"], "requests": self.requests,
@@ -133,15 +154,19 @@ class AttackerWorker(_Streamer):
                  timeout_s: float = DEFAULT_TIMEOUT_S):
         super().__init__(service, client_id, key, query_batch, max_in_flight, timeout_s)
 
-    def query(self, x: np.ndarray, lo: int = 0, hi: int | None = None, stream: int | None = None) -> np.ndarray:
+    def query(self, x: np.ndarray, lo: int = 0, hi: int | None = None, stream: int | None = None,
+              client=None) -> np.ndarray:
         """Answers for x[lo:hi] (x may be a shared ObjectRef'd array; the slice is a view). Give a `stream`
-        number (increasing from call to call) to make the call safe to retry."""
+        number (increasing from call to call) to make the call safe to retry; `client` =
+        (client_id, key, query_batch, max_in_flight) re-binds the worker to another client first."""
+        self.bind(client)
         return self._run(x[lo:hi], stream)[0]
 
     def explain(self, x: np.ndarray, lo: int, hi: int, weights: np.ndarray | None, request: dict,
-                stream: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                stream: int | None = None, client=None) -> tuple[np.ndarray, np.ndarray]:
         """Explanations for x[lo:hi] (`request`: ExplainRequest fields; weights[lo:hi] for mode vjp), each
-        image charged the request's cost in victim evaluations; `stream` as for `query`."""
+        image charged the request's cost in victim evaluations; `stream` and `client` as for `query`."""
+        self.bind(client)
         x = x[lo:hi]
         w = None if weights is None else weights[lo:hi]
         return self._run(x, stream, lambda a, b, request_id: self.service.explain.remote(
@@ -151,11 +176,12 @@ class AttackerWorker(_Streamer):
         return int(wait_for(self.service.ready.remote(), "the victim service's interface (ready)",
                             self.timeout_s)["num_classes"])
 
-    def timed_query(self, x: np.ndarray, lo: int = 0, hi: int | None = None) -> tuple[float, float, int]:
-        """Like `query`, but returns (start, end, images) wall-clock times instead of answers (benchmarks)."""
+    def timed_query(self, x: np.ndarray, lo: int = 0, hi: int | None = None) -> tuple[float, float, int, list[float]]:
+        """Like `query`, but returns (start, end, images, per-request latencies in ms) instead of answers
+        (benchmarks); start and end are wall-clock times."""
         t0 = time.time()
-        out, _ = self._run(x[lo:hi])
-        return t0, time.time(), len(out)
+        out, latencies = self._run(x[lo:hi])
+        return t0, time.time(), len(out), latencies
 
 
 @ray.remote(max_restarts=WORKER_RESTARTS, max_task_retries=WORKER_RESTARTS)
@@ -165,10 +191,6 @@ class BenignClient(_Streamer):
     def __init__(self, service, client_id: str, key: str, batch: int = 256, max_in_flight: int = 1,
                  timeout_s: float = DEFAULT_TIMEOUT_S):
         super().__init__(service, client_id, key, batch, max_in_flight, timeout_s)
-
-    def run(self, x: np.ndarray, stream: int | None = None) -> tuple[np.ndarray, list[float]]:
-        """Defended posteriors for x (in order) and per-request latencies in ms."""
-        return self._run(x, stream)
 
 
 def split_budget(budget: int, n: int) -> list[int]:
@@ -195,30 +217,44 @@ def allocate(n: int, remaining: list[int]) -> list[int]:
     return sizes
 
 
-def spawn_attackers(service, owner: str, prefix: str, n: int, budget: int, *, query_batch: int = 256,
-                    max_in_flight: int = 4, num_cpus: float = 0.25, num_gpus: float = 0.0, tags: dict | None = None,
-                    timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[list, list[str], list[int]]:
+def register_attackers(service, owner: str, prefix: str, n: int, budget: int, *, query_batch: int = 256,
+                       max_in_flight: int = 4, tags: dict | None = None,
+                       timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[list[tuple], list[str], list[int]]:
     """Register up to `n` attacker clients `<prefix>/w<i>` with their share of `budget` (with the service's
-    owner token; `tags` go into their request-log rows) and start one AttackerWorker per client with its key.
-
-    Returns (workers, client_ids, budgets). The caller owns the actors (ray.kill them when done).
-    """
+    owner token; `tags` go into their request-log rows). Returns (clients, client_ids, budgets), each client the
+    (client_id, key, query_batch, max_in_flight) binding a worker's calls carry."""
     budgets = split_budget(budget, n)
     ids = [f"{prefix}/w{i}" for i in range(len(budgets))]
     keys = wait_for([service.register.remote(owner, cid, b, "attacker", tags) for cid, b in zip(ids, budgets)],
                     f"the service to register {len(ids)} attacker clients", timeout_s)
-    workers = [AttackerWorker.options(num_cpus=num_cpus, num_gpus=num_gpus)
-               .remote(service, cid, key, query_batch, max_in_flight, timeout_s) for cid, key in zip(ids, keys)]
-    return workers, ids, budgets
+    return [(cid, key, int(query_batch), int(max_in_flight)) for cid, key in zip(ids, keys)], ids, budgets
+
+
+def start_workers(service, clients: list[tuple], *, num_cpus: float = 0.25, num_gpus: float = 0.0,
+                  timeout_s: float = DEFAULT_TIMEOUT_S) -> list:
+    """One AttackerWorker per client binding (the caller owns the actors: ray.kill them when done)."""
+    return [AttackerWorker.options(num_cpus=num_cpus, num_gpus=num_gpus).remote(service, *client, timeout_s)
+            for client in clients]
+
+
+def spawn_attackers(service, owner: str, prefix: str, n: int, budget: int, *, query_batch: int = 256,
+                    max_in_flight: int = 4, num_cpus: float = 0.25, num_gpus: float = 0.0, tags: dict | None = None,
+                    timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[list, list[str], list[int]]:
+    """`register_attackers`, then one new AttackerWorker per client. Returns (workers, client_ids, budgets)."""
+    clients, ids, budgets = register_attackers(service, owner, prefix, n, budget, query_batch=query_batch,
+                                               max_in_flight=max_in_flight, tags=tags, timeout_s=timeout_s)
+    return start_workers(service, clients, num_cpus=num_cpus, num_gpus=num_gpus, timeout_s=timeout_s), ids, budgets
 
 
 class RayQueryClient:
     """A `workloads.attacks.QueryClient` over N AttackerWorkers: each `query(x)` is split across the workers
     (sized by their remaining budgets), run concurrently and reassembled in order."""
 
-    def __init__(self, workers: list, budgets: list[int], timeout_s: float = DEFAULT_TIMEOUT_S):
-        if len(workers) != len(budgets) or not workers:
+    def __init__(self, workers: list, budgets: list[int], timeout_s: float = DEFAULT_TIMEOUT_S,
+                 clients: list[tuple] | None = None):
+        if len(workers) != len(budgets) or not workers or (clients is not None and len(clients) != len(workers)):
             raise ValueError("RayQueryClient needs one budget per worker and at least one worker")
+        self.clients = clients or [None] * len(workers)   # the client each (long-lived) worker streams as
         self.timeout_s = float(timeout_s)
         self.calls = 0          # each call is one stream number on every worker, so a retried call is idempotent
         self.workers = list(workers)
@@ -244,7 +280,7 @@ class RayQueryClient:
         calls, lo = [], 0
         for i, size in enumerate(sizes):
             if size:
-                calls.append((i, size, self.workers[i].query.remote(ref, lo, lo + size, stream)))
+                calls.append((i, size, self.workers[i].query.remote(ref, lo, lo + size, stream, self.clients[i])))
                 lo += size
         try:
             answers = wait_for([c for _, _, c in calls], f"{len(calls)} attacker worker(s) to answer a query of "
@@ -288,7 +324,8 @@ class RayQueryClient:
         calls, lo = [], 0
         for i, size in enumerate(sizes):
             if size:
-                calls.append((i, size, self.workers[i].explain.remote(ref, lo, lo + size, wref, spec, stream)))
+                calls.append((i, size, self.workers[i].explain.remote(ref, lo, lo + size, wref, spec, stream,
+                                                                     self.clients[i])))
                 lo += size
         try:
             answers = wait_for([c for _, _, c in calls], f"{len(calls)} attacker worker(s) to answer an explanation "
@@ -301,10 +338,22 @@ class RayQueryClient:
         self.used += n * per_image
         return np.concatenate([a[0] for a in answers]), np.concatenate([a[1] for a in answers])
 
+    def _bound(self) -> list:
+        """The workers, each bound to its client first when clients are named (a worker that got no call yet
+        may still stream as another)."""
+        if self.clients[0] is not None:
+            wait_for([w.bind.remote(c) for w, c in zip(self.workers, self.clients)], "the workers to bind",
+                     self.timeout_s)
+        return self.workers
+
+    def stats(self) -> list[dict]:
+        """Each worker's `stats()` for its client, in order."""
+        return wait_for([w.stats.remote() for w in self._bound()], "the attacker workers' stats", self.timeout_s)
+
     def _resync(self) -> None:
         """After a failed query, recount from the workers what was actually answered (and charged)."""
         try:
-            answered = [s["images"] for s in wait_for([w.stats.remote() for w in self.workers],
+            answered = [s["images"] for s in wait_for([w.stats.remote() for w in self._bound()],
                                                       "the attacker workers' stats", self.timeout_s)]
         except Exception:
             return

@@ -55,18 +55,29 @@ def _docstring_help(cls) -> dict[str, str]:
     return out
 
 
+def _metadata(params_cls, name: str) -> dict:
+    """A field's knob metadata, from the nearest class declaring it with some (a preset such as MAZE's
+    redeclares a parent's field with only a new default)."""
+    for cls in params_cls.__mro__:
+        field = getattr(cls, "__dataclass_fields__", {}).get(name)
+        if field is not None and field.metadata:
+            return dict(field.metadata)
+    return {}
+
+
 def knobs(params_cls) -> list[Knob]:
     hints, from_doc = typing.get_type_hints(params_cls), _docstring_help(params_cls)
     out = []
     for f in dataclasses.fields(params_cls):
+        meta = _metadata(params_cls, f.name)
         if f.default is not dataclasses.MISSING:
             default = repr(f.default)
         elif f.default_factory is not dataclasses.MISSING:
             default = repr(f.default_factory())
         else:
             default = "required"
-        out.append(Knob(f.name, _type_name(hints[f.name]), default, f.metadata.get("valid", ""),
-                        f.metadata.get("help") or from_doc.get(f.name, "")))
+        out.append(Knob(f.name, _type_name(hints[f.name]), default, meta.get("valid", ""),
+                        meta.get("help") or from_doc.get(f.name, "")))
     return out
 
 

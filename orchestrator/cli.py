@@ -27,9 +27,11 @@ def _parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="serving benchmark: VictimService throughput vs raw batched forward")
     b.add_argument("--dataset", default="fashion_mnist")
-    b.add_argument("--workers", default="1,4,8")
-    b.add_argument("--batch", type=int, default=256)
-    b.add_argument("--images", type=int, default=40960, help="images each run sends in total")
+    b.add_argument("--workers", default="1,4,8,16", help="worker counts, comma-separated")
+    b.add_argument("--batch", default="256,16", help="client batch sizes, comma-separated (--defenses, --pow, "
+                                                     "--serve: the first)")
+    b.add_argument("--images", type=int, default=40960, help="images each run sends in total (with --serve: "
+                                                             "20480 unless given)")
     b.add_argument("--max-batch", type=int, help="images per served batch (default: tuned per dataset)")
     b.add_argument("--forward-batch", type=int, help="forward chunk size; 0 = whole served batch")
     b.add_argument("--max-wait-ms", type=float, help="batcher wait to fill a batch")
@@ -40,6 +42,32 @@ def _parser() -> argparse.ArgumentParser:
                    help="instead: each output defense's added cost per image at a fixed batch (--batch)")
     b.add_argument("--pow", action="store_true",
                    help="proof of work instead: minter vs raw SHA-1 rate, leakage accounting vs forward per batch")
+    b.add_argument("--sweep", action="store_true",
+                   help="instead: a sweep's wall time vs the same trials' work in one plain process")
+    b.add_argument("--sweep-config", dest="config", help="--sweep: the sweep YAML (default sweeps/quickstart.yaml)")
+    b.add_argument("--trials", type=int, help="--sweep: trials (default: the sweep's num_samples)")
+    b.add_argument("--concurrent", action="store_true",
+                   help="--sweep: also run the sweep with max_concurrent 2 and compare trials per hour")
+    b.add_argument("--memory", action="store_true",
+                   help="instead: the request log's and ledger's memory over --queries requests")
+    b.add_argument("--queries", type=int, help="--memory: requests logged (default 1000000)")
+    b.add_argument("--serve", action="store_true",
+                   help="instead: HTTP predict throughput (heist serve) with N client processes vs the actor path "
+                        "vs the raw forward")
+    b.add_argument("--json", help="also write the figures to this JSON file")
+
+    sv = sub.add_parser("serve", help="serve a defended victim as an HTTP prediction API (docs/serving.md)")
+    sv.add_argument("config", help="serve YAML, e.g. serve/digits.yaml")
+    sv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value, e.g. --set http.port=9000 --set defense.name=dcp")
+    sk = sub.add_parser("serve-keys", help="issue an API key with an image budget on a running `heist serve`")
+    sk.add_argument("url", help="the server's URL, e.g. http://127.0.0.1:8000")
+    sk.add_argument("client_id", help="a name for the client (its rows in the ledger)")
+    sk.add_argument("budget", type=int, help="images the key may have answered in total")
+    sk.add_argument("--kind", default="attacker", help="the client's kind in the ledger (default: %(default)s)")
+    sk.add_argument("--state-dir", default="heist-serve/heist-victim",
+                    help="the server's state_dir, holding owner_token (default: %(default)s)")
+    sk.add_argument("--token-file", help="the owner token file (default: <state-dir>/owner_token)")
 
     r = sub.add_parser("run", help="run a sweep: Tune + Optuna trials, MLflow runs, the Pareto frontier")
     r.add_argument("config", help="sweep YAML, e.g. sweeps/quickstart.yaml")
@@ -79,6 +107,26 @@ def _describe(args) -> int:
     from orchestrator import catalog
 
     print(catalog.describe_text(args.name))
+    return 0
+
+
+def _serve_keys(args) -> int:
+    """`heist serve-keys URL CLIENT_ID BUDGET`: issue a key on a running `heist serve`; prints the key."""
+    from pathlib import Path
+
+    from orchestrator.client import HeistError, issue_key
+
+    token_file = Path(args.token_file) if args.token_file else Path(args.state_dir) / "owner_token"
+    if not token_file.is_file():
+        raise UserError(f"--token-file: no owner token at {str(token_file)!r} (heist serve writes it to "
+                        f"<state_dir>/owner_token)")
+    try:
+        key = issue_key(args.url, token_file.read_text().strip(), args.client_id, args.budget, args.kind)
+    except HeistError as e:
+        raise UserError(str(e)) from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"url: cannot reach {args.url!r} ({e})") from None
+    print(key)
     return 0
 
 
@@ -149,9 +197,11 @@ def main(argv: list[str] | None = None) -> int:
             from orchestrator.bench import main as run
         elif args.command == "report":
             from orchestrator.report import main as run
+        elif args.command == "serve":
+            from orchestrator.serve import main as run
         else:
             run = {"run": _run, "validate": _validate, "resume": _resume, "sync": _sync, "pareto": _pareto,
-                   "list": _list, "describe": _describe}[args.command]
+                   "list": _list, "describe": _describe, "serve-keys": _serve_keys}[args.command]
         return run(args) or 0
     except ConfigError as e:       # one line per error, each with its YAML path
         for error in e.errors:

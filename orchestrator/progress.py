@@ -19,22 +19,14 @@ import time
 
 from ray import tune
 
+from orchestrator.trial_progress import duration
+
 LIVE_EVERY_S = 1.0
 OUT = None        # the terminal while Tune's own stdout goes to tune.log (see quiet_tune); None: sys.stdout
 
 
 def _out():
     return OUT or sys.stdout
-
-
-def duration(seconds: float) -> str:
-    """`14.2 s`, `3 min 05 s`, `1 h 02 min`."""
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs:02d} s"
-    return f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 def point_label(defense: dict, keys, hardening: dict | None = None) -> str:

@@ -12,7 +12,8 @@ defense. Clients (attacker workers, the benign client) send batches of images; t
    nothing is charged for a refused batch;
 3. queues the batch; one batcher task concatenates queued requests up to `max_batch` images or
    `max_wait_ms`, runs ONE forward pass + defense for all of them (in a compute thread, so the event
-   loop keeps accepting requests meanwhile) and splits the answer back. If that compute raises, each of
+   loop keeps accepting requests meanwhile; the next batch is handed to the thread before the previous one's
+   answers are sent, so the thread never waits for the event loop) and splits the answer back. If that compute raises, each of
    its requests is retried alone, so only the request that causes a failure fails; a request whose
    answer is not finite fails alone (`VictimFailure`, not charged). If the batcher itself dies, every
    request it held fails at once and the next request starts a new batcher;
@@ -24,8 +25,9 @@ The Ray actor `VictimService` exposes only its public methods and keeps the engi
 attribute, so nothing underscored is callable through the handle: `ready()` (the interface: shape, classes,
 input range, request limits) for anyone; `query(key, x, request_id)`, `explain(key, x, ...)` and `usage(key)`
 for a registered client;
-`register`, `ledger`, `stats`, `request_log` and `flush_log` for the owner (the token `service_actor`
-returns). Per-client state lives in the engine (`ClientRecord`, one per client) so later additions plug in
+`register`, `ledger`, `stats`, `request_log`, `flush_log` and `reset` (serve the next trial of the same victim
+with another defense, as a fresh service: see `TrialActors` in trial.py) for the owner (the token
+`service_actor` returns). Per-client state lives in the engine (`ClientRecord`, one per client) so later additions plug in
 without rewrites:
 
 * a proof-of-work gate (orchestrator/pow_gate.py): a `Gate` whose `release` answers with a challenge
@@ -55,8 +57,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
 from typing import Any, Protocol
 
 import numpy as np
@@ -68,6 +72,14 @@ from orchestrator.admission import (ClientRecord, InvalidQuery, NotOwner, Overlo
 from orchestrator.ledger import RequestLog
 
 CPU_FORWARD_BATCH = 256  # a CPU forward of 2048 LeNet images runs at half the speed of 256 (heist bench)
+# The GIL hand-over interval of the service's process (Python's default is 5 ms). The compute thread gives the
+# GIL up inside every torch op and must get it back for the next one; while the event loop thread runs Python
+# (receiving, validating and answering requests) each hand-back waited up to 5 ms, which held the compute
+# thread at ~0.6x the raw forward with client batches of 16 (docs/performance.md).
+SWITCH_INTERVAL_S = 2e-4
+# Served batches in flight: one computing, the next already handed to the compute thread, so it never waits for
+# the event loop to answer the previous batch's requests and collect the next one.
+PIPELINE_DEPTH = 2
 
 __all__ = ["ClientRecord", "Gate", "InvalidQuery", "NotOwner", "OpenGate", "Overloaded", "Request", "UnknownClient",
            "VictimFailure", "VictimService", "VictimSpec", "service_actor"]
@@ -149,9 +161,7 @@ class _Service:
         import torch
 
         from orchestrator.config import ServiceConfig
-        from workloads.defenses import DefenseConfig, DefenseContext, build_defense
         from workloads.models import build_model
-        from workloads.seeds import derive_seed
 
         if not isinstance(owner, str) or len(owner) < 16:
             raise ValueError("owner: expected the owner token (a secret string, see admission.new_token)")
@@ -169,8 +179,24 @@ class _Service:
         model = build_model(spec.arch, self.shape, spec.num_classes)
         model.load_state_dict(state_dict)
         self.model = model.to(self.device).eval()
-        data = spec.config.load_data() if spec.config is not None else None
-        ctx = DefenseContext(victim=self.model, dataset=data, arch=spec.arch, seed=spec.seed, device=self.device)
+        self._spec = spec
+        self._data = spec.config.load_data() if spec.config is not None else None
+        self._torch = torch
+        self._queue: asyncio.Queue | None = None
+        self._batcher_task: asyncio.Task | None = None
+        self._serving: set[asyncio.Task] = set()     # served batches in flight (a reference keeps each alive)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="victim-compute",
+                                        initializer=torch.set_num_threads, initargs=(self.num_threads,))
+        self._configure(defense, gate, log_dir)
+
+    def _configure(self, defense, gate: Gate | None, log_dir: str | None) -> None:
+        """Everything a trial sets: the defense (built afresh), the gate, the request log, no clients, zeroed
+        statistics and freshly seeded explanation streams: a service after `reset` is a freshly started one."""
+        from workloads.defenses import DefenseConfig, DefenseContext, build_defense
+        from workloads.seeds import derive_seed
+
+        torch, spec = self._torch, self._spec
+        ctx = DefenseContext(victim=self.model, dataset=self._data, arch=spec.arch, seed=spec.seed, device=self.device)
         self.defense = build_defense(defense or DefenseConfig(), ctx)
         self.gate = gate or OpenGate()
         if hasattr(self.gate, "bind"):
@@ -180,12 +206,7 @@ class _Service:
         self.clients = admission.Clients()
         self.log = RequestLog(log_dir, self.cfg.log_chunk)
         self.served = ServedStats()
-        self._queue: asyncio.Queue | None = None
-        self._batcher_task: asyncio.Task | None = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="victim-compute",
-                                        initializer=torch.set_num_threads, initargs=(self.num_threads,))
         self._t0, self._wall0 = time.perf_counter(), time.time()
-        self._torch = torch
 
     # ---------------------------------------------------------------- the interface, owner-only calls
     async def ready(self) -> dict:
@@ -197,6 +218,18 @@ class _Service:
                 "forward_batch": self.forward_batch, "max_wait_ms": self.cfg.max_wait_ms,
                 "max_request": self.cfg.max_request, "max_queued": self.cfg.max_queued,
                 "gate": type(self.gate).__name__}
+
+    async def reset(self, owner: str, defense=None, gate: Gate | None = None, log_dir: str | None = None) -> dict:
+        """Serve the next trial with the same victim: a new defense (a DefenseConfig), gate and request log, no
+        clients, zeroed statistics and explanation streams seeded as at the start — what a fresh service would
+        be, without a new process, model or dataset load. The previous log must have been flushed; refused
+        while requests are being served. Returns `ready()`."""
+        admission.check_owner(owner, self._owner, "reset")
+        busy = sum(r.queued for r in self.clients.by_id.values())
+        if busy or self._serving:
+            raise RuntimeError(f"reset: {busy} images are still queued or being served; reset between trials")
+        self._configure(defense, gate, log_dir)
+        return await self.ready()
 
     async def register(self, owner: str, client_id: str, budget: int, kind: str = "attacker",
                        tags: dict | None = None) -> str:
@@ -332,7 +365,7 @@ class _Service:
         rec.images += req.cost
         rec.batches += 1
         rec.seconds += t_end - req.t_submit
-        rec.l1 += l1
+        rec.l1_exact += Fraction(l1)
         self.log.append({"client": rec.client_id, "kind": rec.kind, "seq": req.seq, "images": req.cost, "l1": l1,
                          "request": "query" if req.explain is None else "explain", "inputs": req.n,
                          "queue_ms": (t_start - req.t_submit) * 1e3, "compute_ms": (t_end - t_start) * 1e3,
@@ -364,10 +397,12 @@ class _Service:
     async def _batcher(self) -> None:
         loop = asyncio.get_running_loop()
         max_batch, max_wait = self.cfg.max_batch, self.cfg.max_wait_ms / 1e3
+        slots = asyncio.Semaphore(PIPELINE_DEPTH)
         carry: Request | None = None
         batch: list[Request] = []
         try:
             while True:
+                await slots.acquire()              # at most PIPELINE_DEPTH served batches in flight
                 first = carry or await self._queue.get()
                 carry, batch, n = None, [first], first.n
                 deadline = loop.time() + max_wait
@@ -387,7 +422,9 @@ class _Service:
                         break
                     batch.append(req)
                     n += req.n
-                await self._serve(batch)
+                task = loop.create_task(self._serve_owned(batch, slots))
+                self._serving.add(task)
+                task.add_done_callback(self._serving.discard)
                 batch = []
         except BaseException as e:   # fail every request held or queued: none may wait forever
             error = VictimFailure(f"the service's batcher stopped ({type(e).__name__}: {e}); nothing was charged")
@@ -397,6 +434,20 @@ class _Service:
             for req in held:
                 self._fail(req, error)
             raise
+
+    async def _serve_owned(self, batch: list[Request], slots: asyncio.Semaphore) -> None:
+        """Serve a batch the batcher handed over; if serving it breaks, its unanswered requests fail (none waits
+        forever). Frees the batcher's slot."""
+        try:
+            await self._serve(batch)
+        except BaseException as e:
+            error = VictimFailure(f"the service could not serve a batch ({type(e).__name__}: {e}); nothing was charged")
+            for req in batch:
+                self._fail(req, error)
+            if not isinstance(e, Exception):
+                raise
+        finally:
+            slots.release()
 
     async def _serve(self, batch: list[Request]) -> None:
         """Serve a batch: its queries in one forward, its explanation requests in one computation per setting."""
@@ -412,15 +463,15 @@ class _Service:
         each is answered and charged, or fails alone."""
         loop = asyncio.get_running_loop()
         x = np.concatenate([r.x for r in batch])               # a fresh, writable, contiguous buffer
-        t_start = time.perf_counter()
         try:
             if setting is None:
-                answer, l1, fwd_ms, def_ms = await loop.run_in_executor(self._pool, self._compute, x)
+                (answer, l1, fwd_ms, def_ms), t_start, t_end = await loop.run_in_executor(
+                    self._pool, _timed, self._compute, x)
                 grads = None
             else:
                 weights = np.concatenate([r.explain[1] for r in batch]) if setting.mode == "vjp" else None
-                answer, grads, l1 = await loop.run_in_executor(self._pool, self._compute_explanations, x, setting,
-                                                               weights)
+                (answer, grads, l1), t_start, t_end = await loop.run_in_executor(
+                    self._pool, _timed, self._compute_explanations, x, setting, weights)
         except Exception as e:
             if len(batch) > 1:   # find the request(s) that fail: retry each alone
                 for r in batch:
@@ -429,7 +480,6 @@ class _Service:
                 self._fail(batch[0], VictimFailure(f"client {batch[0].client.client_id!r}: the victim could not "
                                                    f"answer this request ({type(e).__name__}: {e}); nothing was charged"))
             return
-        t_end = time.perf_counter()
         batch_id = self.served.add(len(x), fwd_ms, def_ms) if setting is None else self.served.next()
         finite = np.isfinite(answer).all(1) & np.isfinite(l1)
         if grads is not None:
@@ -485,6 +535,13 @@ class _Service:
         return answer, l1, (t1 - t0) * 1e3, (t2 - t1) * 1e3
 
 
+def _timed(fn, *args):
+    """fn(*args) and the compute thread's own start and end times (not the wait for the thread)."""
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return out, t0, time.perf_counter()
+
+
 @ray.remote
 class VictimService:
     """The Ray actor: a `_Service` engine behind exactly these methods (Ray makes every method of an actor class
@@ -496,6 +553,7 @@ class VictimService:
     """
 
     def __init__(self, *args, **kwargs):
+        sys.setswitchinterval(SWITCH_INTERVAL_S)     # this process is the service's own
         self.engine = _Service(*args, **kwargs)
 
     async def ready(self) -> dict:
@@ -517,6 +575,9 @@ class VictimService:
     async def register(self, owner: str, client_id: str, budget: int, kind: str = "attacker",
                        tags: dict | None = None) -> str:
         return await self.engine.register(owner, client_id, budget, kind, tags)
+
+    async def reset(self, owner: str, defense=None, gate: Gate | None = None, log_dir: str | None = None) -> dict:
+        return await self.engine.reset(owner, defense, gate, log_dir)
 
     async def ledger(self, owner: str) -> dict[str, dict]:
         return await self.engine.ledger(owner)

@@ -108,16 +108,22 @@ def _tune_error(trial) -> str:
 
 
 # ---------------------------------------------------------------------------------------- the trials
+_ACTORS = None   # this trial process's TrialActors: Tune reuses the process from trial to trial (reuse_actors)
+
+
 def defense_trial(config: dict, base: dict, sweep_dir: str, sweep_id: str) -> None:
     """Tune function trainable: one trial on the point Optuna chose (a defense, and a victim recipe when that is
-    searched: its victim comes from the cache or is trained here); records and reports its metrics."""
-    from orchestrator.trial import run_trial
+    searched: its victim comes from the cache or is trained here); records and reports its metrics. The trial
+    runs on the actors the previous trial of this process left (service reset, workers re-bound)."""
+    global _ACTORS
+    from orchestrator.trial import TrialActors, run_trial
 
+    _ACTORS = _ACTORS or TrialActors()
     folder, trial_id = Path(sweep_dir), tune.get_context().get_trial_id()
     record = {"trial_id": trial_id, "study_trial": config.get("study_trial"), "defense": config["defense"],
               "hardening": config.get("hardening"), "started": time.time()}
     try:
-        result = run_trial(trial_config(trial_data(base, config)))
+        result = run_trial(trial_config(trial_data(base, config)), actors=_ACTORS)
     except Exception as e:
         write_json(folder / RESULTS / f"{trial_id}.json",
                    record | {"status": "FAILED", "error": failure_reason(e), "metrics": {}, "ended": time.time()})
@@ -437,14 +443,17 @@ def run(cfg: SweepConfig) -> int:
     check_writable(cfg)
     cfg, started = _start_ray(cfg)
     try:
-        acc = _victim_accuracy(cfg)
         plain = cfg.base_trial()        # the reference has no defense at all: no output defense, no hardening
         plain["victim"] = plain["victim"] | {"hardening": {"name": "none", "params": {}}}
+        # a cached reference of this very victim knows its accuracy: no process is started to load it
+        known = reference_trial.cache_path(plain).is_file() and plain["victim"] == to_dict(cfg.victim.at())
+        acc = None if known else _victim_accuracy(cfg)
         try:
             baseline = reference_trial.undefended(plain, cfg.trial_resources.num_cpus, cfg.trial_resources.num_gpus)
         except UserError as e:       # the trials will say why too; the sweep records each one's reason
             print(f"heist: warning: {e}; the sweep goes on without an undefended reference", file=sys.stderr)
             baseline = None
+        acc = baseline.metrics["victim_accuracy"] if acc is None else acc
         sweep_id = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
         sweep_dir = Path(cfg.storage) / sweep_id
         sweep_dir.mkdir(parents=True)

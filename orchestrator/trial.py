@@ -2,7 +2,8 @@
 
 `run_trial(cfg)` works from a plain driver (it starts Ray when needed) and inside a Ray Tune function
 trial (its actors then land in the trial's placement group; `trial_bundles(cfg)` gives the bundles the
-sweep layer should reserve). Every actor it creates is killed in a `finally:`.
+sweep layer should reserve). Its actors are a `TrialActors`: without one given, a fresh set killed when the
+trial ends; a sweep's trial process keeps one from trial to trial (same results, no new processes).
 
 `main(args)` is `heist trial X.yaml [--set key=value ...] [--json out.json]`.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,9 +23,10 @@ from ray.exceptions import RayActorError
 
 from orchestrator import ledger as request_logs
 from orchestrator import pow_gate
-from orchestrator.attackers import BenignClient, RayQueryClient, spawn_attackers
+from orchestrator.attackers import RayQueryClient, register_attackers, start_workers
 from orchestrator.config import TrialConfig, WorkerResources, trial_config
 from orchestrator.service import VictimSpec, service_actor
+from orchestrator.trial_progress import TrialProgress
 from orchestrator.waits import TimedOut, wait_for
 
 METRIC_ORDER = ("victim_accuracy", "defended_accuracy", "perturbation_l1", "perturbation_l1_attacker",
@@ -121,6 +124,57 @@ def _kill(actors: list) -> None:
     actors.clear()
 
 
+class TrialActors:
+    """What trials run on, kept from one trial to the next of a process (a sweep's trial process, which Tune
+    reuses from trial to trial): the victim and its clean test-set posteriors (computed once per victim), one
+    VictimService per victim — `reset` for each trial with the trial's defense, gate and request log, so it
+    answers as a freshly started one — and attacker workers, each call bound to the client it streams as
+    (the first one also streams the benign pass). A trial whose victim, service or worker settings differ
+    replaces the service and workers. `close()` kills the actors; a failed trial closes them."""
+
+    def __init__(self):
+        self.victim = self.clean = self.victim_key = None
+        self.service = self.owner = self.service_key = None
+        self.workers: list = []
+
+    def victim_for(self, cfg: TrialConfig):
+        """(victim, clean test-set posteriors) of cfg.victim, loaded (or trained) once."""
+        from workloads.training import predict_proba
+        from workloads.victims import load_or_train
+
+        key = (cfg.victim.key, cfg.victim.data_root, cfg.cache_dir)
+        if key != self.victim_key:
+            victim = load_or_train(cfg.victim, cfg.cache_dir)
+            self.victim, self.clean, self.victim_key = victim, predict_proba(victim.model, victim.data.x_test), key
+        return self.victim, self.clean
+
+    def service_for(self, cfg: TrialConfig, victim, gate, log_dir: str) -> dict:
+        """The trial's service, reset (same victim and settings) or started; returns its `ready()` interface."""
+        key = (self.victim_key, cfg.service, cfg.workers, cfg.timeout_s)
+        if key == self.service_key:
+            return wait_for(self.service.reset.remote(self.owner, cfg.defense, gate, log_dir),
+                            "the victim service to reset for this trial", cfg.timeout_s)
+        self.close()
+        data = victim.data
+        spec = VictimSpec(cfg.victim.arch, data.shape, data.num_classes, config=cfg.victim, seed=cfg.victim.seed)
+        self.service, self.owner = service_actor(spec, ray.put(victim.model.state_dict()), cfg.defense, cfg.service,
+                                                 gate=gate, log_dir=log_dir)
+        self.service_key = key
+        return wait_for(self.service.ready.remote(), "the victim service to start (ready)", cfg.timeout_s)
+
+    def workers_for(self, cfg: TrialConfig, clients: list[tuple]) -> list:
+        """One worker per client binding: the running ones, plus new ones started with the rest."""
+        if len(clients) > len(self.workers):
+            self.workers += start_workers(self.service, clients[len(self.workers):], num_cpus=cfg.workers.num_cpus,
+                                          num_gpus=cfg.workers.num_gpus, timeout_s=cfg.timeout_s)
+        return self.workers[:len(clients)]
+
+    def close(self) -> None:
+        _kill(self.workers)
+        _kill([a for a in (self.service,) if a is not None])
+        self.service = self.owner = self.service_key = None
+
+
 class Evaluation:
     """Scores substitutes on the victim's test set: against the labels, the clean victim and its defended answers."""
 
@@ -198,38 +252,53 @@ def aggregate(runs: list[dict], keys: list[str], victim_accuracy: float) -> dict
     return out
 
 
-def run_trial(cfg: TrialConfig, ledger_dir: str | Path | None = None) -> TrialResult:
+def run_trial(cfg: TrialConfig, ledger_dir: str | Path | None = None, actors: TrialActors | None = None,
+              progress: TrialProgress | None = None) -> TrialResult:
     """Run one trial end to end and return its metrics, query ledger, attack runs and budget curves.
 
     Each attack runs `cfg.repeats` times against the same service; repeat r uses attack seed `seed + r`,
     from which every random stream of that run (query sampling, substitute init and batch order) derives.
     The service streams the request log to `ledger_dir` as Parquet parts (a temporary directory, read back
     into `TrialResult.ledger_rows`, when None). Every remote step waits at most `cfg.timeout_s`; a step that
-    times out or loses an actor raises TrialFailed naming the step.
+    times out or loses an actor raises TrialFailed naming the step. `progress` shows the phases as they run.
+
+    `actors` (a TrialActors) are kept for the next trial when the trial succeeds (and closed when it fails);
+    without them the trial starts its own and kills them at the end. The results are the same either way.
     """
-    if ledger_dir is not None:
-        return _run_trial(cfg, Path(ledger_dir))
-    with tempfile.TemporaryDirectory(prefix="heist-ledger-") as tmp:
-        result = _run_trial(cfg, Path(tmp))
-        result.ledger_rows, result.ledger_dir, result.info["ledger_dir"] = result.ledger, None, None
-        return result
+    own = actors is None
+    actors = actors or TrialActors()
+    progress = progress or TrialProgress()
+    try:
+        if ledger_dir is not None:
+            return _run_trial(cfg, Path(ledger_dir), actors, progress)
+        with tempfile.TemporaryDirectory(prefix="heist-ledger-") as tmp:
+            result = _run_trial(cfg, Path(tmp), actors, progress)
+            result.ledger_rows, result.ledger_dir, result.info["ledger_dir"] = result.ledger, None, None
+            return result
+    except BaseException:
+        actors.close()
+        raise
+    finally:
+        if own:
+            actors.close()
 
 
-def _run_trial(cfg: TrialConfig, ledger_dir: Path) -> TrialResult:
+def _run_trial(cfg: TrialConfig, ledger_dir: Path, actors: TrialActors, progress: TrialProgress) -> TrialResult:
     import torch
 
     from workloads import metrics as M
     from workloads import ownership
     from workloads.attacks import VictimInfo, steal
     from workloads.data import labelled_surrogate_pool
-    from workloads.training import predict_proba
-    from workloads.victims import load_or_train
 
     t_start = time.perf_counter()
     if not ray.is_initialized():
         ray.init()
     check_resources(cfg)
-    victim = load_or_train(cfg.victim, cfg.cache_dir)
+    with progress.phase("victim") as phase:
+        victim, clean = actors.victim_for(cfg)
+        phase.note = (f"{cfg.victim.dataset} {cfg.victim.arch}, "
+                      + ("from the cache" if victim.from_cache else "trained and cached"))
     data = victim.data
     timeout = cfg.timeout_s
 
@@ -240,7 +309,6 @@ def _run_trial(cfg: TrialConfig, ledger_dir: Path) -> TrialResult:
 
     for i, attack in enumerate(cfg.attacks):      # pool sizes do not depend on the seed: check before any actor
         _check_pool(i, attack, len(pool_of(attack)[0]))
-    owned: list = []           # every actor this trial created, killed in `finally`
     runs: list[dict] = []
     curves: list[dict] = []
     gate, leakage = pow_gate.setup(cfg, victim)      # calibrated proof of work when the defense is `pow`
@@ -248,11 +316,8 @@ def _run_trial(cfg: TrialConfig, ledger_dir: Path) -> TrialResult:
     pow_clients: dict[str, list[str]] = {"benign": ["benign"]}
     step, service = "starting the victim service", None
     try:
-        spec = VictimSpec(cfg.victim.arch, data.shape, data.num_classes, config=cfg.victim, seed=cfg.victim.seed)
-        service, owner = service_actor(spec, ray.put(victim.model.state_dict()), cfg.defense, cfg.service,
-                                       gate=gate, log_dir=str(ledger_dir))
-        owned.append(service)
-        served = wait_for(service.ready.remote(), "the victim service to start (ready)", timeout)
+        served = actors.service_for(cfg, victim, gate, str(ledger_dir))
+        service, owner = actors.service, actors.owner
         info = {"service": served, "victim_training": victim.training, "ledger_dir": str(ledger_dir)}
         attackers: list[str] = []
 
@@ -262,15 +327,14 @@ def _run_trial(cfg: TrialConfig, ledger_dir: Path) -> TrialResult:
         benign_key = wait_for(service.register.remote(owner, "benign", len(x_test), "benign",
                                                       {"client_kind": "benign", "attack": "benign", "repeat": 0}),
                               "the service to register the benign client", timeout)
-        benign = BenignClient.options(num_cpus=cfg.workers.num_cpus, num_gpus=cfg.workers.num_gpus).remote(
-            service, "benign", benign_key, cfg.benign.batch, 1, timeout)
-        owned.append(benign)
-        defended, latencies = wait_for(benign.run.remote(x_test, 0), "the benign client to stream the test set",
-                                       timeout)
+        benign_client = ("benign", benign_key, cfg.benign.batch, 1)
+        benign = actors.workers_for(cfg, [benign_client])[0]
+        with progress.phase("benign pass") as phase:
+            phase.note = f"{len(x_test):,} test images"
+            defended, latencies = wait_for(benign.run.remote(x_test, 0, benign_client),
+                                           "the benign client to stream the test set", timeout)
         client_stats["benign"] = ray.get(benign.stats.remote())
-        _kill([owned.pop()])
         defended = torch.from_numpy(np.array(defended, dtype=np.float32))
-        clean = predict_proba(victim.model, data.x_test)
         metrics: dict[str, float] = {
             "victim_accuracy": M.accuracy(clean, data.y_test),
             "defended_accuracy": M.accuracy(defended, data.y_test),
@@ -290,19 +354,17 @@ def _run_trial(cfg: TrialConfig, ledger_dir: Path) -> TrialResult:
                 step = f"attack {key!r} repeat {repeat}"
                 run = dataclasses.replace(attack, seed=attack.seed + repeat)
                 pool, pool_labels = pool_of(run)
-                workers, ids, budgets = spawn_attackers(
+                clients, ids, budgets = register_attackers(
                     service, owner, f"{key}/r{repeat}", run.workers, run.budget, query_batch=run.query_batch,
                     max_in_flight=max(1, min(4, cfg.service.max_queued // run.query_batch)),
-                    num_cpus=cfg.workers.num_cpus, num_gpus=cfg.workers.num_gpus,
                     tags={"client_kind": "attacker", "attack": key, "repeat": repeat}, timeout_s=timeout)
-                owned.extend(workers)
                 attackers.extend(ids)
+                client = RayQueryClient(actors.workers_for(cfg, clients), budgets, timeout, clients)
                 checkpoint = _curve_recorder(run.checkpoints, evaluate, curves, key, repeat) if run.checkpoints else None
-                substitute = steal(run, RayQueryClient(workers, budgets, timeout), pool, vinfo, checkpoint,
-                                   pool_labels)
-                client_stats |= dict(zip(ids, ray.get([w.stats.remote() for w in workers])))
+                with progress.phase(f"attack {key} r{repeat}", client):
+                    substitute = steal(run, client, pool, vinfo, checkpoint, pool_labels)
+                client_stats |= dict(zip(ids, client.stats()))
                 pow_clients.setdefault(key, []).extend(ids)
-                _kill([owned.pop() for _ in workers])
                 ledger = wait_for(service.ledger.remote(owner), "the service's ledger", timeout)
                 images = sum(ledger[cid]["images"] for cid in ids)
                 runs.append({"attack": key, "repeat": repeat, "seed": run.seed, "queries": float(images),
@@ -327,8 +389,6 @@ def _run_trial(cfg: TrialConfig, ledger_dir: Path) -> TrialResult:
         raise _failure(e, service, step) from e
     except TimedOut as e:
         raise TrialFailed(f"{step}: {e}") from e
-    finally:
-        _kill(owned)
     info["seconds"] = time.perf_counter() - t_start
     info["victim_from_cache"] = victim.from_cache
     return TrialResult({k: float(v) for k, v in metrics.items()}, None, info, runs, curves, str(ledger_dir))
@@ -432,7 +492,7 @@ def main(args) -> int:
     cfg = load_trial(args.config, getattr(args, "set", None) or [])
     started = not ray.is_initialized()
     try:
-        result = run_trial(cfg)
+        result = run_trial(cfg, progress=TrialProgress(sys.stderr))
     finally:
         if started and ray.is_initialized():
             ray.shutdown()

@@ -32,17 +32,25 @@ DEFENSES = {
 }
 
 
+VICTIMS = {   # the cached victims of the other figures: digits' default, sweeps/fashion_mnist_*.yaml's Fashion-MNIST
+    "digits": {"dataset": "digits"},
+    "fashion_mnist": {"dataset": "fashion_mnist", "pool_fraction": 0.1666667,
+                      "train": {"epochs": 12, "batch_size": 128, "lr": 0.002}},
+}
+
+
 def run(args) -> None:
     import torch
 
     from workloads.attacks import AttackConfig, LocalQueryClient, VictimInfo, steal
+    from workloads.config import parse
     from workloads.defenses import DefenseConfig, DefenseContext, build_defense
     from workloads.metrics import accuracy
     from workloads.training import predict_proba
     from workloads.victims import VictimConfig, load_or_train
 
     torch.set_num_threads(args.threads)
-    victim = load_or_train(VictimConfig(dataset=args.dataset))
+    victim = load_or_train(parse(VictimConfig, VICTIMS[args.dataset]))
     data = victim.data
     info = VictimInfo(data.shape, data.num_classes, victim.config.arch)
     print(f"victim {args.dataset}: test accuracy {victim.accuracy:.4f}", flush=True)
@@ -127,7 +135,7 @@ def main() -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
     r.add_argument("--out", required=True)
-    r.add_argument("--dataset", default="digits")
+    r.add_argument("--dataset", default="digits", choices=list(VICTIMS))
     r.add_argument("--budget", type=int, default=200_000)
     r.add_argument("--checkpoint-every", type=int, default=10, help="iterations between evaluations")
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

@@ -5,14 +5,29 @@ the targets up to a constant — the distillation loss of Knockoff Nets), on CUD
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from workloads.config import above, positive
+
+EPOCH_DONE: contextvars.ContextVar[Callable[[int, int], None] | None] = contextvars.ContextVar("epoch_done",
+                                                                                              default=None)
+
+
+@contextlib.contextmanager
+def reporting_epochs(callback: Callable[[int, int], None]):
+    """While inside, every `fit` calls `callback(epochs_done, epochs)` after each epoch (progress display)."""
+    token = EPOCH_DONE.set(callback)
+    try:
+        yield
+    finally:
+        EPOCH_DONE.reset(token)
 
 
 def default_device() -> torch.device:
@@ -51,7 +66,8 @@ def _train(model, x, targets, cfg: TrainConfig, gen: torch.Generator, device) ->
     model.to(device).train()
     opt, sched = optimizer_for(model, cfg, len(x))
     soft = targets.ndim == 2
-    for _ in range(cfg.epochs):
+    report = EPOCH_DONE.get()
+    for epoch in range(cfg.epochs):
         for idx in torch.randperm(len(x), generator=gen).split(cfg.batch_size):
             xb, tb = x[idx].to(device), targets[idx].to(device)
             logits = model(xb)
@@ -61,6 +77,8 @@ def _train(model, x, targets, cfg: TrainConfig, gen: torch.Generator, device) ->
             opt.step()
             if sched:
                 sched.step()
+        if report:
+            report(epoch + 1, cfg.epochs)
     return model.eval()
 
 

@@ -8,7 +8,8 @@ import pytest
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
 
 SHAPE = (1, 8, 8)
-PUBLIC = {"ready", "query", "explain", "redeem", "usage", "register", "ledger", "stats", "request_log", "flush_log"}
+PUBLIC = {"ready", "query", "explain", "redeem", "usage", "register", "ledger", "stats", "request_log", "flush_log",
+          "reset"}
 
 
 def cause_message(err: BaseException) -> str:
@@ -54,7 +55,7 @@ def test_only_key_bearing_queries_reach_the_model_and_only_the_owner_registers(r
             ray.get(actor.query.remote(wrong, x))
         with pytest.raises(UnknownClient):
             ray.get(actor.usage.remote(wrong))
-    calls = {"register": ("thief", 10**9), "ledger": (), "stats": (), "request_log": (), "flush_log": ()}
+    calls = {"register": ("thief", 10**9), "ledger": (), "stats": (), "request_log": (), "flush_log": (), "reset": ()}
     for method, args in calls.items():
         for wrong in (key, None, owner[:-1] + ("A" if owner[-1] != "A" else "B")):   # a client key is not the owner's
             with pytest.raises(NotOwner, match=method):

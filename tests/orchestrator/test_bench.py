@@ -1,6 +1,8 @@
 """`heist bench` at tiny sizes: it runs end to end and reports positive ratios (no timing assertions)."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
@@ -9,22 +11,27 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
 def test_run_bench_tiny_returns_rows_with_positive_ratios(ray_session):
     from orchestrator.bench import run_bench
 
-    rows = run_bench("digits", workers=[1, 2], batch=32, images=256, repeats=1)
+    rows = run_bench("digits", workers=[1, 2], batch=[32, 8], images=256, repeats=1)
     raw = [r for r in rows if r["workers"] == 0]
     service = [r for r in rows if r["workers"] > 0]
-    assert raw and [r["workers"] for r in service] == [1, 2]
+    assert {8, 32} <= {r["batch"] for r in raw}
+    assert [(r["batch"], r["workers"]) for r in service] == [(32, 1), (32, 2), (8, 1), (8, 2)]
     assert all(r["images_per_s"] > 0 and r["ratio"] > 0 for r in rows)
-    assert all(r["images"] == 256 and r["mean_served_batch"] >= 32 for r in service)
+    assert all(r["images"] == 256 and r["mean_served_batch"] >= r["batch"] for r in service)
+    assert all(0 < r["latency_p50_ms"] <= r["latency_p99_ms"] and r["forward_images_per_s"] > 0 for r in service)
     avail = ray_session.available_resources()
     assert avail.get("CPU", 0) > 0
 
 
-def test_heist_bench_cli_prints_table(ray_session, capsys):
+def test_heist_bench_cli_prints_table(ray_session, capsys, tmp_path):
     from orchestrator import cli
 
-    assert cli.main(["bench", "--dataset", "fashion_mnist", "--workers", "2", "--batch", "16", "--images", "64"]) == 0
+    out_json = tmp_path / "bench.json"
+    assert cli.main(["bench", "--dataset", "fashion_mnist", "--workers", "2", "--batch", "16", "--images", "64",
+                     "--json", str(out_json)]) == 0
     out = capsys.readouterr().out
-    assert "raw forward" in out and "service, 2 workers" in out and "ratio" in out
+    assert "raw forward" in out and "service, batch 16, 2 workers" in out and "ratio" in out and "p99 ms" in out
+    assert [r["config"] for r in json.loads(out_json.read_text())][-1] == "service, batch 16, 2 workers"
     assert cli.main(["bench", "--dataset", "imagenet", "--images", "64"]) == 2
 
 
@@ -39,3 +46,15 @@ def test_defense_costs_time_every_defense_against_the_same_forward():
     base = rows[0]["seconds"]
     for r in rows[1:]:
         assert r["ratio"] == r["seconds"] / base and r["us_per_image"] == (r["seconds"] - base) / 64 * 1e6
+
+
+def test_memory_bench_keeps_the_request_log_and_ledger_bounded():
+    """The service engine's request log holds under one chunk of rows whatever the number of queries (the rest is
+    in Parquet parts) and its ledger does not grow with the queries."""
+    from orchestrator.bench_memory import run_memory_bench
+
+    r = run_memory_bench(queries=16384, request=8, clients=4, in_flight=4, chunk=256)
+    assert r["queries"] == 16384 and r["requests"] == 2048
+    assert r["max_log_rows_in_memory"] < 256 and r["parquet_parts"] == 2048 // 256
+    sizes = [p["ledger_bytes"] for p in r["points"]]
+    assert max(sizes) - min(sizes) < 64 and max(sizes) < 2000     # larger counts, no more rows

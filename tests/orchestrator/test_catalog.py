@@ -47,6 +47,20 @@ def test_every_existing_defense_parameter_has_a_meaning_and_a_range():
             assert knob.help and knob.valid, f"{entry.name}.{knob.name}"
 
 
+def test_every_attack_and_hardening_parameter_has_a_meaning():
+    for kind in ("attacks", "hardening"):
+        for entry in catalog.entries(kind):
+            for knob in entry.knobs:
+                assert knob.help, f"{kind}: {entry.name}.{knob.name} has no meaning (declare it with knob())"
+
+
+def test_a_preset_that_only_changes_defaults_keeps_its_parents_meanings():
+    maze = {k.name: k for k in next(e for e in catalog.entries("attacks") if e.name == "maze").knobs}
+    dfme = {k.name: k for k in next(e for e in catalog.entries("attacks") if e.name == "dfme").knobs}
+    assert maze["loss"].default == "'kl'" and dfme["loss"].default == "'l1'"
+    assert maze["loss"].help == dfme["loss"].help != ""
+
+
 def test_describe_shows_default_range_and_meaning(capsys):
     assert main(["describe", "dcp"]) == 0
     out = capsys.readouterr().out

@@ -191,3 +191,34 @@ def test_a_benign_client_actor_mints_every_stamp_and_gets_the_clean_answers(ray_
     assert stats["stamps"] == ledger["pow_redeemed"] == ledger["pow_batches"] == 6
     assert stats["hashes"] >= 6 and stats["mint_seconds"] > 0 and ledger["pow_rejected"] == 0
     assert [e["queries"] for e in ledger["pow_log"]] == [16, 32, 48, 64, 80, 96]
+
+
+def test_accounting_seconds_count_the_accounting_not_its_wait_behind_other_requests(digits_victim, victim_cache):
+    """Eight requests of one client released at once queue on the gate's single accounting thread: the
+    client's booked accounting seconds must not exceed the time they all took (summing each request's wait
+    would count the same seconds up to eight times, and "time without PoW" = wall − accounting goes negative)."""
+    import asyncio
+    import types
+
+    from orchestrator.admission import ClientRecord, Request
+    from orchestrator.pow_gate import PowGate
+    from workloads.config import parse
+    from workloads.pow import PowParams
+    from workloads.pow.calibration import prepare
+
+    params = parse(PowParams, {"k": 30, "base": 1.2, "t_min": 0.002, "t_max": 0.002, "mode": "simulated"})
+    gate = PowGate(params, prepare(params, digits_victim, victim_cache), hash_rate=1e6)
+    gate.bind(types.SimpleNamespace(model=digits_victim.model, device=torch.device("cpu"), num_threads=1))
+    record = ClientRecord("c", 10_000)
+    x = digits_victim.data.x_test.numpy()[:256]
+
+    async def release_eight():
+        loop = asyncio.get_running_loop()
+        requests = [Request(record, i, x, len(x), len(x), loop.create_future(), 0.0) for i in range(8)]
+        t0 = time.perf_counter()
+        await asyncio.gather(*(gate.release(record, r, x[:, :1]) for r in requests))
+        return time.perf_counter() - t0
+
+    wall = asyncio.run(release_eight())
+    ledger = record.state["ledger"]
+    assert ledger["pow_batches"] == 8 and 0 < ledger["pow_accounting_seconds"] <= wall, (ledger, wall)

@@ -136,9 +136,14 @@ def test_heist_trial_cli_prints_table_and_json(ray_session, victim_cache, digits
     rc = cli.main(["trial", str(YAML), "--set", f"cache_dir={victim_cache}", "--set", "attacks.0.budget=120",
                    "--set", "attacks.1.budget=60", "--set", "attacks.0.train.epochs=2",
                    "--set", "attacks.1.train.epochs=2", "--json", str(out)])
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed, phases = captured.out, captured.err.splitlines()
     assert rc == 0
     assert "victim_accuracy" in printed and "queries/knockoff_soft_split" in printed
+    assert [line.split()[0] for line in phases if line.startswith(("victim", "benign", "attack"))] == [
+        "victim", "benign", "attack", "attack"]          # one finished line per phase, in order, off a terminal
+    attack_line = next(line for line in phases if line.startswith("attack knockoff_soft_split r0"))
+    assert "120/120" in attack_line and "epoch 2/2" in attack_line and "#" * 24 in attack_line
     metrics = json.loads(out.read_text())["metrics"]
     assert metrics["queries/knockoff_soft_split"] == 120 and metrics["queries/copycat_hard_noise"] == 60
 

@@ -81,12 +81,14 @@ def test_the_reference_key_follows_what_decides_its_numbers(chance_sweep):
 
 
 def test_child_runs_carry_qualified_params_real_times_and_the_parent_the_frontier(chance_sweep):
-    _, _, _, cfg, _ = chance_sweep
+    _, _, _, cfg, folder = chance_sweep
     _, parent, children = runs(cfg)
+    recorded = {r["trial_id"]: r for p in (folder / "runs").glob("*/results/*.json") for r in [json.loads(p.read_text())]}
     for run in children:
         assert set(run.data.params) == {"defense", "reverse_sigmoid.beta", "reverse_sigmoid.gamma"}
-        assert run.info.end_time - run.info.start_time >= 1000          # a trial takes seconds, not milliseconds
-        assert run.info.start_time >= parent.info.start_time
+        record = recorded[run.data.tags["heist.trial_id"]]              # the trial's own times, not the logging's
+        assert (run.info.start_time, run.info.end_time) == (int(record["started"] * 1000), int(record["ended"] * 1000))
+        assert run.info.end_time > run.info.start_time >= parent.info.start_time
     note = parent.data.tags["mlflow.note.content"]
     assert "**Pareto frontier**" in note and "| trial_id | defense | hyperparameters |" in note
     assert "undefended reference (no defense, same attacks): defended_accuracy=" in note

@@ -137,7 +137,8 @@ class AttackConfig:
     id: str | None = None
     params: dict = dataclasses.field(default_factory=dict)
     checkpoints: list[int] = dataclasses.field(default_factory=list)   # budgets where the budget curve is measured
-    curve: Literal["retrain", "online"] = "retrain"   # curve points: fresh substitutes, or the attack's own
+    curve: Literal["retrain", "online"] | None = None   # curve points: fresh substitutes, or the attack's own;
+                                                        # None: the attack's first supported way (AttackSpec.curves)
 
     def __post_init__(self):
         ensure_loaded()
@@ -153,7 +154,13 @@ class AttackConfig:
             if not 0 < c <= self.budget or (i and c <= self.checkpoints[i - 1]):
                 raise ConfigError(f"checkpoints[{i}]: expected increasing query counts in 1..budget "
                                   f"({self.budget}), got {c!r}")
+        spec = REGISTRY[self.name]
+        if self.curve is None:
+            object.__setattr__(self, "curve", spec.curves[0])
         check_choice("curve", self.curve, ("retrain", "online"))
+        if self.curve not in spec.curves:
+            raise ConfigError(f"curve: {self.name} measures its budget curve only as {' or '.join(spec.curves)}, "
+                              f"got {self.curve!r}")
         params = self.typed_params()
         if hasattr(params, "check"):
             params.check(self)
@@ -194,6 +201,7 @@ class AttackSpec:
     labels: str            # the label mode of the attack's paper ("soft" / "hard")
     explanations: bool = False   # calls QueryClient.explain (the service must serve explanations)
     pool_labels: bool = False    # steal() takes the query pool's class labels (sampling by class)
+    curves: tuple[str, ...] = ("retrain", "online")   # the budget-curve modes it supports; the first is its default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,12 +213,13 @@ REGISTRY: dict[str, AttackSpec] = {}
 
 
 def register(name: str, params_cls: type = NoParams, labels: Literal["soft", "hard"] = "soft",
-             explanations: bool = False, pool_labels: bool = False):
+             explanations: bool = False, pool_labels: bool = False, curves: tuple[str, ...] = ("retrain", "online")):
     """Register `steal(cfg, params, client, pool, victim, checkpoint[, pool_labels]) -> substitute` under `name`;
-    `explanations=True` when it calls `client.explain`, `pool_labels=True` when it takes the pool's class labels."""
+    `explanations=True` when it calls `client.explain`, `pool_labels=True` when it takes the pool's class labels,
+    `curves` the budget-curve modes it supports (its default first)."""
 
     def deco(fn):
-        REGISTRY[name] = AttackSpec(params_cls, fn, labels, explanations, pool_labels)
+        REGISTRY[name] = AttackSpec(params_cls, fn, labels, explanations, pool_labels, curves)
         return fn
 
     return deco

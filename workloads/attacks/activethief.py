@@ -21,7 +21,7 @@ import torch
 from workloads.attacks import register
 from workloads.attacks.curve import CurveClient
 from workloads.attacks.transfer import train_on_answers
-from workloads.config import ConfigError, positive
+from workloads.config import ConfigError, knob, positive
 from workloads.seeds import derive_seed
 from workloads.training import predict_proba
 
@@ -30,9 +30,9 @@ STRATEGIES = ("random", "entropy", "kcenter")
 
 @dataclasses.dataclass(frozen=True)
 class ActiveThiefParams:
-    strategy: Literal["random", "entropy", "kcenter"] = "entropy"
-    seed_size: int | None = None    # random seed set S_0; None = 10 % of the budget (mebench)
-    rounds: int = 5                 # selection rounds after the seed round (ActiveThief's num_iter)
+    strategy: Literal["random", "entropy", "kcenter"] = knob("entropy", "subset selection each round: uncertainty (entropy of the substitute's answer), k-center coverage, or random")
+    seed_size: int | None = knob(None, 'random seed set S_0 queried first; null = 10 % of the budget (mebench)', '>= 1 or null')
+    rounds: int = knob(5, "selection rounds after the seed round, the rest of the budget split evenly (ActiveThief's num_iter)", '>= 1')
 
     def __post_init__(self):
         if self.seed_size is not None:

@@ -11,16 +11,16 @@ from typing import Callable
 import numpy as np
 import torch
 
-from workloads.config import ConfigError, positive
+from workloads.config import ConfigError, knob, positive
 from workloads.seeds import derive_seed
 from workloads.attacks.transfer import train_on_answers
 
 
 @dataclasses.dataclass(frozen=True)
 class AdaptiveParams:
-    step: int = 1000               # images per round (the paper's step of 1,000 queries)
-    warmup: float = 0.0            # fraction of the budget first queried at random
-    round_epochs: int | None = None   # substitute epochs after an intermediate round; None = train.epochs
+    step: int = knob(1000, "images queried per round, chosen by the round's criterion (the paper's 1,000)", '>= 1')
+    warmup: float = knob(0.0, 'fraction of the budget first queried at random, before the adaptive rounds', '[0, 1)')
+    round_epochs: int | None = knob(None, 'substitute epochs after an intermediate round; null = train.epochs', '>= 1 or null')
 
     def __post_init__(self):
         positive("step", self.step)

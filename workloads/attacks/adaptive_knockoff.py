@@ -27,7 +27,7 @@ import torch.nn as nn
 from workloads.attacks import register
 from workloads.attacks.curve import CurveClient
 from workloads.attacks.transfer import new_substitute, train_on_answers
-from workloads.config import positive
+from workloads.config import knob, positive
 from workloads.seeds import derive_seed
 from workloads.training import default_device, soft_cross_entropy
 
@@ -36,9 +36,9 @@ VAR_FLOOR = 1e-12
 
 @dataclasses.dataclass(frozen=True)
 class AdaptiveKnockoffParams:
-    reward: Literal["cert", "div", "loss", "all"] = "all"   # ART's default: all three, z-normalised
-    batch: int = 16              # images per bandit step and per online-substitute update
-    bandit_lr: float = 0.0       # α of the gradient bandit; 0 = 1/N_a (ART)
+    reward: Literal["cert", "div", "loss", "all"] = knob("all", "bandit reward: certainty, diversity, substitute loss, or all three z-normalised (ART's default)")
+    batch: int = knob(16, 'images per bandit step and per online substitute update', '>= 1')
+    bandit_lr: float = knob(0.0, 'step size α of the gradient bandit; 0 = 1/N_a as ART does', '>= 0')
 
     def __post_init__(self):
         positive("batch", self.batch)

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from workloads.attacks import register
 from workloads.attacks.generator import build_generator
 from workloads.attacks.transfer import new_substitute
-from workloads.config import ConfigError, above, in_range, positive
+from workloads.config import ConfigError, above, in_range, knob, positive
 from workloads.seeds import derive_seed
 from workloads.training import default_device
 
@@ -49,22 +49,22 @@ class ScoresRequired(ValueError):
 class GeneratorAttackParams:
     """What DFME, MAZE and MEGEX share (DFME's reference defaults)."""
 
-    loss: Literal["l1", "kl"] = "l1"
-    batch_size: int = 256
-    g_iter: int = 1
-    d_iter: int = 5
-    lr_S: float = 0.1                  # student: SGD, momentum 0.9, weight decay 5e-4
-    lr_G: float = 1e-4
-    generator_optimizer: Literal["adam", "sgd"] = "adam"   # MAZE preset: SGD, momentum 0.9
-    schedule: Literal["multistep", "cosine", "none"] = "multistep"
-    steps: tuple[float, ...] = (0.1, 0.3, 0.5)             # multistep milestones, fractions of the iterations
-    scale: float = 0.3
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nz: int = 256
-    ngf: int = 64
-    prob_floor: float = 0.0            # > 0: floor answers at this probability instead of refusing zeros
-    checkpoint_every: int = 1          # iterations between checkpoint(queries, student) calls (and at the end)
+    loss: Literal["l1", "kl"] = knob("l1", 'student loss: l1 on mean-corrected logits (DFME) or KL (MAZE)')
+    batch_size: int = knob(256, 'generator images per iteration', '>= 1')
+    g_iter: int = knob(1, 'generator updates per iteration', '>= 1')
+    d_iter: int = knob(5, 'student updates per iteration, each on a fresh generator batch', '>= 1')
+    lr_S: float = knob(0.1, 'student learning rate (SGD, momentum and weight decay below)', '> 0')
+    lr_G: float = knob(1e-4, 'generator learning rate', '> 0')
+    generator_optimizer: Literal["adam", "sgd"] = knob("adam", 'generator optimiser: adam (DFME) or SGD with momentum 0.9 (MAZE)')
+    schedule: Literal["multistep", "cosine", "none"] = knob("multistep", 'learning-rate schedule of both: step down ×0.3 at `steps` (DFME), cosine (MAZE), or none')
+    steps: tuple[float, ...] = knob((0.1, 0.3, 0.5), 'multistep milestones as fractions of the iterations', 'each in [0, 1]')
+    scale: float = knob(0.3, 'multistep decay factor', '> 0')
+    momentum: float = knob(0.9, 'student SGD momentum')
+    weight_decay: float = knob(5e-4, 'student SGD weight decay')
+    nz: int = knob(256, 'generator noise dimension', '>= 1')
+    ngf: int = knob(64, 'generator width (feature maps)', '>= 1')
+    prob_floor: float = knob(0.0, '> 0: floor zero probabilities at this value instead of refusing a label-only or top-k defense', '[0, 0.1]')
+    checkpoint_every: int = knob(1, 'iterations between budget-curve checkpoints (and one at the end)', '>= 1')
 
     def __post_init__(self):
         for name in ("batch_size", "g_iter", "d_iter", "nz", "ngf"):
@@ -80,8 +80,8 @@ class GeneratorAttackParams:
 
 @dataclasses.dataclass(frozen=True)
 class DFMEParams(GeneratorAttackParams):
-    grad_m: int = 1                    # random directions per generator image
-    grad_epsilon: float = 1e-3         # forward-difference step
+    grad_m: int = knob(1, 'random directions per generator image of the forward-difference gradient estimate (each costs a query)', '>= 1')
+    grad_epsilon: float = knob(1e-3, 'forward-difference step of the zeroth-order gradient estimate', '> 0')
 
     def __post_init__(self):
         super().__post_init__()
@@ -248,7 +248,7 @@ def zo_generator_step(ctx: GeneratorContext) -> None:
     ctx.opt_g.step()
 
 
-@register("dfme", DFMEParams, labels="soft")
+@register("dfme", DFMEParams, labels="soft", curves=("online",))
 def steal(cfg, params, client, pool, victim, checkpoint=None):
     """DFME; `pool` is unused (data-free)."""
     return run_generator_attack(cfg, params, client, victim, checkpoint, zo_generator_step,

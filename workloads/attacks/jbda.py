@@ -30,17 +30,17 @@ import torch.nn.functional as F
 from workloads.attacks import register
 from workloads.attacks.curve import CurveClient
 from workloads.attacks.transfer import train_on_answers
-from workloads.config import ConfigError, above, positive
+from workloads.config import ConfigError, above, knob, positive
 from workloads.seeds import derive_seed
 
 
 @dataclasses.dataclass(frozen=True)
 class _SeedRoundsParams:
-    seed_size: int = 150                         # |S_0|, drawn from the attacker's pool (InI: 150)
-    rounds: int = 6                              # substitute-training rounds (InI, MAZE, MET: 6)
-    step: float = 0.1                            # λ, in pixel units of [0, 1] images
-    relabel: Literal["new", "all"] = "new"       # query only new points, or re-query all points every round
-    grad_batch: int = 512                        # points per batched Jacobian backward pass
+    seed_size: int = knob(150, "|S_0|: seed points drawn from the attacker's pool (InI: 150)", '>= 1')
+    rounds: int = knob(6, 'substitute-training rounds, the set doubling by Jacobian augmentation between them (InI, MAZE, MET: 6)', '>= 1')
+    step: float = knob(0.1, 'λ, the augmentation step in pixel units of [0, 1] images', '> 0')
+    relabel: Literal["new", "all"] = knob("new", 'query only the new points each round, or re-query all of them')
+    grad_batch: int = knob(512, 'points per batched Jacobian backward pass (memory, not results)', '>= 1')
 
     def __post_init__(self):
         positive("seed_size", self.seed_size)
@@ -61,7 +61,7 @@ class _SeedRoundsParams:
 
 @dataclasses.dataclass(frozen=True)
 class JBDAParams(_SeedRoundsParams):
-    tau: int = 0                                 # periodic step: λ_ρ = λ·(−1)^⌊ρ/τ⌋; 0 = constant λ
+    tau: int = knob(0, 'periodic step: λ_ρ = λ·(−1)^⌊ρ/τ⌋; 0 = constant λ', '>= 0')
 
     def __post_init__(self):
         super().__post_init__()
@@ -70,7 +70,7 @@ class JBDAParams(_SeedRoundsParams):
 
 @dataclasses.dataclass(frozen=True)
 class JBDATRParams(_SeedRoundsParams):
-    fgsm_steps: int = 5                          # targeted FGSM steps of λ/fgsm_steps per augmentation (InI: 5)
+    fgsm_steps: int = knob(5, 'targeted FGSM steps of λ/fgsm_steps per augmentation (InI: 5)', '>= 1')
 
     def __post_init__(self):
         super().__post_init__()

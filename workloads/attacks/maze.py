@@ -22,7 +22,7 @@ class MAZEParams(DFMEParams):
     schedule: Literal["multistep", "cosine", "none"] = "cosine"
 
 
-@register("maze", MAZEParams, labels="soft")
+@register("maze", MAZEParams, labels="soft", curves=("online",))
 def steal(cfg, params, client, pool, victim, checkpoint=None):
     """MAZE; `pool` is unused (data-free)."""
     return run_generator_attack(cfg, params, client, victim, checkpoint, zo_generator_step,

@@ -30,16 +30,16 @@ import torch
 from workloads.attacks import register
 from workloads.attacks.dfme import (GeneratorAttackParams, GeneratorContext, disagreement,
                                     run_generator_attack, victim_target)
-from workloads.config import ConfigError
+from workloads.config import ConfigError, knob
 from workloads.explanations import ExplainRequest
 
 
 @dataclasses.dataclass(frozen=True)
 class MEGEXParams(GeneratorAttackParams):
-    explanation_mode: str = "vjp"      # vjp | full_jacobian | top1
-    explainer: str = "vanilla"         # vanilla | smoothgrad
-    samples: int = 50                  # SmoothGrad's n
-    sigma: float = 0.15                # SmoothGrad's noise level ([0, 1] inputs)
+    explanation_mode: str = knob("vjp", "how the generator's gradient comes from explanations: vjp (one explanation of the student's loss direction), full_jacobian (K explanations), top1 (the top class's gradient)", 'vjp | full_jacobian | top1')
+    explainer: str = knob("vanilla", 'explanation the service computes: vanilla gradient or SmoothGrad (charged `samples` evaluations)', 'vanilla | smoothgrad')
+    samples: int = knob(50, "SmoothGrad's n: noisy copies per image", '>= 1')
+    sigma: float = knob(0.15, "SmoothGrad's noise level, in pixel units of [0, 1] images", '> 0')
 
     def __post_init__(self):
         super().__post_init__()
@@ -88,7 +88,7 @@ def explanation_generator_step(ctx: GeneratorContext) -> None:
     ctx.opt_g.step()
 
 
-@register("megex", MEGEXParams, labels="soft", explanations=True)
+@register("megex", MEGEXParams, labels="soft", explanations=True, curves=("online",))
 def steal(cfg, params, client, pool, victim, checkpoint=None):
     """MEGEX; `pool` is unused (data-free). The client must serve `explain`."""
     return run_generator_attack(cfg, params, client, victim, checkpoint, explanation_generator_step,

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from workloads.adversarial import pgd
-from workloads.config import ConfigError, positive
+from workloads.config import ConfigError, knob, positive
 from workloads.hardening import HardeningContext, HardeningResult, register
 from workloads.models import build_model
 from workloads.ownership.watermark import WatermarkParams, craft_adversarial, ood_trigger_set
@@ -32,11 +32,11 @@ from workloads.training import fit, optimizer_for, predict_proba
 class AdversarialTrainingParams:
     """Madry's PGD adversarial training (L∞, pixels in [0, 1]) and the watermark learned with it."""
 
-    epsilon: float = 0.1           # L∞ radius (Fashion-MNIST's usual 0.1; MNIST's is 0.3)
-    alpha: float = 0.02            # PGD step size
-    steps: int = 7                 # PGD steps per training batch
-    random_start: bool = True      # start PGD from a uniform point in the ε-ball (Madry)
-    watermark: WatermarkParams = WatermarkParams()
+    epsilon: float = knob(0.1, "L∞ radius of the PGD training attack, pixels in [0, 1] (Fashion-MNIST's usual 0.1; MNIST's 0.3)", '>= 0')
+    alpha: float = knob(0.02, 'PGD step size', '> 0')
+    steps: int = knob(7, 'PGD steps per training batch', '>= 1')
+    random_start: bool = knob(True, 'start PGD from a uniform point in the ε-ball (Madry)')
+    watermark: WatermarkParams = knob(WatermarkParams(), 'the watermark learned alongside: {kind: adversarial | ood | none, k, beta, ...} (docs/watermarks.md)')
 
     def __post_init__(self):
         positive("epsilon", self.epsilon, 0)

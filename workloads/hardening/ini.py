@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from workloads.config import ConfigError, above, positive
+from workloads.config import ConfigError, above, knob, positive
 from workloads.hardening import HardeningContext, HardeningResult, register
 from workloads.hardening.ood import OodBatches, OodSource, ood_images
 from workloads.models import build_model
@@ -41,21 +41,21 @@ FIELD = "victim.hardening.params"
 
 @dataclasses.dataclass(frozen=True)
 class IniParams:
-    beta: float = 0.0              # L_id weight
-    gamma: float = 0.3             # L_ood weight (induction)
-    delta: float = 1.0             # L_gid weight (isolation, ID gradient cosine)
-    epsilon: float = 1000.0        # L_good weight (isolation, OOD gradient magnitude; large: the grads are tiny)
-    pcgrad: bool = True
-    use_ie: bool = False           # L_ood as negative entropy of V on OOD data instead of the distance to S
-    ood: OodSource = OodSource("dataset", "digits")
-    surrogate_path: str | None = None   # a trained S (state dict); default: S random and frozen
-    epochs: int = 50
-    lr: float = 0.1
-    momentum: float = 0.5
-    weight_decay: float = 1e-3
-    lr_step: int = 20              # StepLR: multiply lr by lr_gamma every lr_step epochs
-    lr_gamma: float = 0.1
-    max_grad_norm: float = 10.0    # clipping, without PCGrad only (as the official code)
+    beta: float = knob(0.0, 'weight of L_id, the in-distribution term', '>= 0')
+    gamma: float = knob(0.3, "weight of L_ood (induction: OOD answers pulled towards the frozen surrogate's)", '>= 0')
+    delta: float = knob(1.0, 'weight of L_gid (isolation: cosine of the distillation and true-label gradients on S)', '>= 0')
+    epsilon: float = knob(1000.0, "weight of L_good (isolation: S's distillation-gradient magnitude on OOD data; large as those are tiny)", '>= 0')
+    pcgrad: bool = knob(True, "combine the weighted terms with PCGrad (the paper's scripts); false: summed loss with grad-norm clip")
+    use_ie: bool = knob(False, 'L_ood as negative entropy of V on OOD data instead of the distance to S')
+    ood: OodSource = knob(OodSource("dataset", "digits"), "OOD data: {kind: dataset, name} (resized to the victim's size) or {kind: noise, size}")
+    surrogate_path: str | None = knob(None, "a trained surrogate S (state dict of the victim's architecture); null: S random and frozen, as the official code")
+    epochs: int = knob(50, 'training epochs (the paper: 50)', '>= 1')
+    lr: float = knob(0.1, 'SGD learning rate', '> 0')
+    momentum: float = knob(0.5, 'SGD momentum', '>= 0')
+    weight_decay: float = knob(1e-3, 'SGD weight decay', '>= 0')
+    lr_step: int = knob(20, 'StepLR: multiply lr by lr_gamma every lr_step epochs', '>= 1')
+    lr_gamma: float = knob(0.1, 'StepLR factor', '> 0')
+    max_grad_norm: float = knob(10.0, 'gradient-norm clip, without PCGrad only (as the official code)', '> 0')
 
     def __post_init__(self):
         for name in ("beta", "gamma", "delta", "epsilon", "weight_decay", "momentum"):

@@ -14,7 +14,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from workloads.config import positive
+from workloads.config import knob, positive
 from workloads.hardening import HardeningContext, HardeningResult, register
 from workloads.hardening.ood import OodBatches, OodSource, ood_images
 from workloads.seeds import derive_seed
@@ -22,8 +22,8 @@ from workloads.seeds import derive_seed
 
 @dataclasses.dataclass(frozen=True)
 class OutlierExposureParams:
-    lam: float = 0.5                 # λ, the weight of the OOD term
-    ood: OodSource = OodSource("dataset", "digits")
+    lam: float = knob(0.5, 'λ, the weight of the OOD term (uniform answers on OOD data)', '>= 0')
+    ood: OodSource = knob(OodSource("dataset", "digits"), 'OOD data: {kind: dataset, name} or {kind: noise, size}')
 
     def __post_init__(self):
         positive("lam", self.lam, 0)

@@ -56,3 +56,11 @@ def test_online_points_are_the_attacks_own_substitute_after_each_round(run_attac
                         checkpoint=lambda q, s: seen.append((q, s)))      # references: ids stay unique
     assert [q for q, _ in seen][:3] == ([20, 50, 80] if name == "activethief" else [20, 40, 80])
     assert len({id(s) for _, s in seen}) >= 3 and seen[-1][0] == 80 and seen[-1][1] is sub
+
+
+@pytest.mark.parametrize("name", ["dfme", "maze", "megex"])
+def test_data_free_attacks_measure_their_curve_online_and_refuse_retrain(name):
+    assert AttackConfig(name=name, budget=4000).curve == "online"       # the student, trained as queries arrive
+    assert AttackConfig(name="knockoff", budget=4000).curve == "retrain"
+    with pytest.raises(Exception, match=rf"curve: {name} measures its budget curve only as online, got 'retrain'"):
+        AttackConfig(name=name, budget=4000, curve="retrain")
