@@ -274,24 +274,13 @@ class RayQueryClient:
             raise BudgetExceeded(f"query of {n} images exceeds budget ({self.used}/{self.budget} used)")
         if n == 0:
             raise ValueError("query: expected at least one image, got 0")
-        sizes = allocate(n, self.remaining)
         ref = ray.put(x)
-        stream, self.calls = self.calls, self.calls + 1
-        calls, lo = [], 0
-        for i, size in enumerate(sizes):
-            if size:
-                calls.append((i, size, self.workers[i].query.remote(ref, lo, lo + size, stream, self.clients[i])))
-                lo += size
-        try:
-            answers = wait_for([c for _, _, c in calls], f"{len(calls)} attacker worker(s) to answer a query of "
-                                                         f"{n} images", self.timeout_s)
-        except Exception:
-            self._resync()
-            raise
-        for i, size, _ in calls:
+        done = self._fan_out(allocate(n, self.remaining), f"a query of {n} images",
+                             lambda worker, lo, hi, stream, client: worker.query.remote(ref, lo, hi, stream, client))
+        for i, size, _ in done:
             self.remaining[i] -= size
         self.used += n
-        out = np.concatenate(answers)
+        out = np.concatenate([answer for _, _, answer in done])
         if len(out) != n:   # guards the invariant the attacks rely on
             raise RuntimeError(f"RayQueryClient: {len(out)} answers for {n} images")
         return out
@@ -320,23 +309,31 @@ class RayQueryClient:
         ref = ray.put(np.ascontiguousarray(x, dtype=np.float32))
         wref = None if weights is None else ray.put(np.asarray(weights, dtype=np.float32))
         spec = dataclasses.asdict(request)
+        done = self._fan_out(sizes, f"an explanation of {n} images",
+                             lambda worker, lo, hi, stream, client: worker.explain.remote(ref, lo, hi, wref, spec,
+                                                                                         stream, client))
+        for i, size, _ in done:
+            self.remaining[i] -= size * per_image
+        self.used += n * per_image
+        return np.concatenate([a[0] for _, _, a in done]), np.concatenate([a[1] for _, _, a in done])
+
+    def _fan_out(self, sizes: list[int], what: str, call) -> list[tuple[int, int, object]]:
+        """One call (one stream number) split across the workers: `call(worker, lo, hi, stream, client)` for each
+        worker with a non-empty share of rows; returns (worker index, rows, answer) per call. On any failure
+        the budgets are re-read from the service (`_resync`) and the error propagates."""
         stream, self.calls = self.calls, self.calls + 1
         calls, lo = [], 0
         for i, size in enumerate(sizes):
             if size:
-                calls.append((i, size, self.workers[i].explain.remote(ref, lo, lo + size, wref, spec, stream,
-                                                                     self.clients[i])))
+                calls.append((i, size, call(self.workers[i], lo, lo + size, stream, self.clients[i])))
                 lo += size
         try:
-            answers = wait_for([c for _, _, c in calls], f"{len(calls)} attacker worker(s) to answer an explanation "
-                                                         f"of {n} images", self.timeout_s)
+            answers = wait_for([c for _, _, c in calls], f"{len(calls)} attacker worker(s) to answer {what}",
+                               self.timeout_s)
         except Exception:
             self._resync()
             raise
-        for i, size, _ in calls:
-            self.remaining[i] -= size * per_image
-        self.used += n * per_image
-        return np.concatenate([a[0] for a in answers]), np.concatenate([a[1] for a in answers])
+        return [(i, size, answer) for (i, size, _), answer in zip(calls, answers)]
 
     def _bound(self) -> list:
         """The workers, each bound to its client first when clients are named (a worker that got no call yet
