@@ -15,7 +15,10 @@ For the LeNet of `--dataset` it measures, in one run:
 Also shown per service row: p50 and p99 request latency (a worker's submit to its answer, over every
 request of every repeat), the mean served (merged) batch, the fraction of the wall time the service's
 compute thread was busy, and the service's own forward + softmax speed (`forward img/s`, from its stats:
-below raw = the forward itself slowed down inside the actor, e.g. by contention for the GIL or the CPU).
+below raw = the forward itself slowed down inside the actor, e.g. by contention for the GIL or the CPU), the
+share of its busy time the compute thread was running on a core (`on CPU`; below 1 = preempted by other
+threads and processes), and the cores (CPU seconds per wall second) the service process, the worker processes
+and the whole machine used during the run (a single-node measurement: the workers run on this machine).
 
 Throughput does not depend on the weights, so the model is randomly initialised (seed 0) and the
 images are uniform noise; no dataset is read.
@@ -64,10 +67,31 @@ def raw_throughput(model, x: np.ndarray, batch: int, threads: int, repeats: int 
         torch.set_num_threads(old)
 
 
-def _forward_totals(service, owner) -> tuple[float, float]:
-    """(images, forward ms) the service has served so far (its stats are running means)."""
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes so far."""
+    import psutil
+
+    return sum(sum(psutil.Process(p).cpu_times()[:2]) for p in pids)
+
+
+def _machine_busy_seconds() -> float:
+    """CPU seconds every core of this machine has been busy so far (all processes)."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
+def _pid(actor) -> int:
+    import os
+
+    return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
+
+
+def _forward_totals(service, owner) -> tuple[float, float, float, float]:
+    """(images, forward ms, compute ms, compute CPU ms) the service has served so far."""
     s = ray.get(service.stats.remote(owner))
-    return s["images"], s["forward_ms_mean"] * s["served_batches"]
+    return s["images"], s["forward_ms_mean"] * s["served_batches"], s["compute_ms"], s["compute_cpu_ms"]
 
 
 def run_bench(dataset: str = "fashion_mnist", workers=(1, 4, 8, 16), batch=(256, 16), images: int = 40960, *,
@@ -143,7 +167,8 @@ def run_bench(dataset: str = "fashion_mnist", workers=(1, 4, 8, 16), batch=(256,
 def _service_row(service, owner, model, x, x_ref, raw_batches, threads, n, batch, in_flight, worker_cpus, repeats,
                  prefix, owned, spawn_attackers, kill) -> dict:
     """`n` workers sending x in client batches of `batch`: the best of `repeats` timed runs, each paired with a raw
-    forward measured just before it."""
+    forward measured just before it. Each run also reports the cores (CPU seconds per wall second) the service
+    process, the worker processes and the whole machine used."""
     images = len(x)
     bounds = np.cumsum([0] + [len(s) for s in np.array_split(np.arange(images), n)])
     ws, _, _ = spawn_attackers(service, owner, prefix, n, repeats * images + n * batch, query_batch=batch,
@@ -151,14 +176,18 @@ def _service_row(service, owner, model, x, x_ref, raw_batches, threads, n, batch
     owned.extend(ws)
     try:
         ray.get([w.query.remote(x_ref, 0, batch) for w in ws])           # warm-up: one batch each
+        service_pid, worker_pids = [_pid(service)], [_pid(w) for w in ws]
         runs, latencies = [], []
         for _ in range(repeats):
             raw_now = max(raw_throughput(model, x, b, threads, 1) for b in raw_batches)   # paired raw
             log_from = len(ray.get(service.request_log.remote(owner)))
-            served0, fwd0 = _forward_totals(service, owner)
+            served0, fwd0, wall0, oncpu0 = _forward_totals(service, owner)
+            cpu0 = (_cpu_seconds(service_pid), _cpu_seconds(worker_pids), _machine_busy_seconds(), time.perf_counter())
             timed = ray.get([w.timed_query.remote(x_ref, int(lo), int(hi))
                              for w, lo, hi in zip(ws, bounds[:-1], bounds[1:])])
-            served1, fwd1 = _forward_totals(service, owner)
+            cpu1 = (_cpu_seconds(service_pid), _cpu_seconds(worker_pids), _machine_busy_seconds(), time.perf_counter())
+            served1, fwd1, wall1, oncpu1 = _forward_totals(service, owner)
+            cores = [(b - a) / (cpu1[3] - cpu0[3]) for a, b in zip(cpu0[:3], cpu1[:3])]
             span = max(t[1] for t in timed) - min(t[0] for t in timed)
             sent = sum(t[2] for t in timed)
             latencies += [ms for t in timed for ms in t[3]]
@@ -170,6 +199,8 @@ def _service_row(service, owner, model, x, x_ref, raw_batches, threads, n, batch
                          "mean_served_batch": float(np.mean(list(served.values()))),
                          "queue_ms_mean": float(np.mean([r["queue_ms"] for r in log])),
                          "compute_busy": sum(busy.values()) / span,
+                         "compute_on_cpu": (oncpu1 - oncpu0) / max(wall1 - wall0, 1e-9),
+                         "cores_service": cores[0], "cores_workers": cores[1], "cores_machine": cores[2],
                          "forward_images_per_s": (served1 - served0) / max((fwd1 - fwd0) / 1e3, 1e-9)})
     finally:
         kill([owned.pop() for _ in ws])
@@ -182,13 +213,15 @@ def _service_row(service, owner, model, x, x_ref, raw_batches, threads, n, batch
 
 def format_rows(rows: list[dict]) -> str:
     head = (f"{'configuration':<32} {'images/s':>9} {'ratio':>6} {'paired':>7} {'p50 ms':>7} {'p99 ms':>7} "
-            f"{'served batch':>13} {'compute busy':>13} {'forward img/s':>14}")
+            f"{'served batch':>13} {'compute busy':>13} {'forward img/s':>14} {'on CPU':>7} "
+            f"{'cores: service':>15} {'workers':>8} {'machine':>8}")
     lines = [head, "-" * len(head)]
     for r in rows:
         line = f"{r['config']:<32} {r['images_per_s']:>9.0f} {r['ratio']:>6.2f}"
         if "compute_busy" in r:
             line += (f" {r['paired_ratio']:>7.2f} {r['latency_p50_ms']:>7.1f} {r['latency_p99_ms']:>7.1f}"
-                     f" {r['mean_served_batch']:>13.0f} {r['compute_busy']:>13.2f} {r['forward_images_per_s']:>14.0f}")
+                     f" {r['mean_served_batch']:>13.0f} {r['compute_busy']:>13.2f} {r['forward_images_per_s']:>14.0f}"
+                     f" {r['compute_on_cpu']:>7.2f} {r['cores_service']:>15.2f} {r['cores_workers']:>8.2f} {r['cores_machine']:>8.2f}")
         lines.append(line)
     return "\n".join(lines)
 

@@ -135,6 +135,8 @@ class ServedStats:
     max_images: int = 0
     forward_ms: float = 0.0
     defense_ms: float = 0.0
+    compute_ms: float = 0.0      # wall time the compute thread spent on served batches (queries and explanations)
+    compute_cpu_ms: float = 0.0  # CPU time it got meanwhile: below compute_ms = it waited for a core (preempted)
 
     def add(self, images: int, forward_ms: float, defense_ms: float) -> int:
         """Count one served query batch; returns its number."""
@@ -258,7 +260,8 @@ class _Service:
         return {"rows": len(self.log), "in_memory": len(self.log.buffer), "parts": self.log.parts}
 
     async def stats(self, owner: str) -> dict:
-        """Served-batch statistics; `defense_ms_mean` is the added (defended - clean) cost per batch."""
+        """Served-batch statistics; `defense_ms_mean` is the added (defended - clean) cost per batch; `compute_cpu_ms`
+        / `compute_ms` is the share of its busy time the compute thread was running on a core."""
         admission.check_owner(owner, self._owner, "stats")
         s = self.served
         n = max(s.batches, 1)
@@ -266,6 +269,7 @@ class _Service:
                 "max_batch_images": s.max_images, "forward_ms_mean": s.forward_ms / n,
                 "defense_ms_mean": s.defense_ms / n,
                 "defense_us_per_image": s.defense_ms * 1e3 / s.images if s.images else 0.0,
+                "compute_ms": s.compute_ms, "compute_cpu_ms": s.compute_cpu_ms,
                 "log_rows": len(self.log), "log_rows_in_memory": len(self.log.buffer),
                 "replies_held": sum(len(r.replies) for r in self.clients.by_id.values()),
                 "device": str(self.device), "threads": self.num_threads}
@@ -465,12 +469,12 @@ class _Service:
         x = np.concatenate([r.x for r in batch])               # a fresh, writable, contiguous buffer
         try:
             if setting is None:
-                (answer, l1, fwd_ms, def_ms), t_start, t_end = await loop.run_in_executor(
+                (answer, l1, fwd_ms, def_ms), t_start, t_end, cpu_s = await loop.run_in_executor(
                     self._pool, _timed, self._compute, x)
                 grads = None
             else:
                 weights = np.concatenate([r.explain[1] for r in batch]) if setting.mode == "vjp" else None
-                (answer, grads, l1), t_start, t_end = await loop.run_in_executor(
+                (answer, grads, l1), t_start, t_end, cpu_s = await loop.run_in_executor(
                     self._pool, _timed, self._compute_explanations, x, setting, weights)
         except Exception as e:
             if len(batch) > 1:   # find the request(s) that fail: retry each alone
@@ -481,6 +485,8 @@ class _Service:
                                                    f"answer this request ({type(e).__name__}: {e}); nothing was charged"))
             return
         batch_id = self.served.add(len(x), fwd_ms, def_ms) if setting is None else self.served.next()
+        self.served.compute_ms += (t_end - t_start) * 1e3
+        self.served.compute_cpu_ms += cpu_s * 1e3
         finite = np.isfinite(answer).all(1) & np.isfinite(l1)
         if grads is not None:
             finite &= np.isfinite(grads.reshape(len(grads), -1)).all(1)
@@ -536,10 +542,11 @@ class _Service:
 
 
 def _timed(fn, *args):
-    """fn(*args) and the compute thread's own start and end times (not the wait for the thread)."""
-    t0 = time.perf_counter()
+    """fn(*args), the compute thread's own start and end times (not the wait for the thread) and the CPU seconds
+    the thread got in between."""
+    t0, cpu0 = time.perf_counter(), time.thread_time()
     out = fn(*args)
-    return out, t0, time.perf_counter()
+    return out, t0, time.perf_counter(), time.thread_time() - cpu0
 
 
 @ray.remote

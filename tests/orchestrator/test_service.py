@@ -69,6 +69,10 @@ def test_concurrent_workers_ledger_order_and_batching(ray_session, service, digi
         assert all(r["queue_ms"] >= 0 and r["compute_ms"] > 0 for r in log)
         stats = ray.get(service.stats.remote(owner))
         assert stats["served_batches"] >= 1 and stats["defense_ms_mean"] >= 0
+        # the compute thread's busy time is the sum of the log's compute times, and it ran on a core part of it
+        served = {r["batch"]: r["compute_ms"] for r in ray.get(service.request_log.remote(owner))}
+        assert stats["compute_ms"] == pytest.approx(sum(served.values()), rel=1e-6)
+        assert 0 < stats["compute_cpu_ms"] <= stats["compute_ms"] * 1.05
 
         # past the budget: refused locally by the client, and by the service for a worker, nothing charged
         from workloads.attacks import BudgetExceeded
