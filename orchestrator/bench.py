@@ -88,7 +88,7 @@ def _pid(actor) -> int:
     return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
 
 
-def _forward_totals(service, owner) -> tuple[float, float, float, float]:
+def _served_totals(service, owner) -> tuple[float, float, float, float]:
     """(images, forward ms, compute ms, compute CPU ms) the service has served so far."""
     s = ray.get(service.stats.remote(owner))
     return s["images"], s["forward_ms_mean"] * s["served_batches"], s["compute_ms"], s["compute_cpu_ms"]
@@ -177,28 +177,31 @@ def _service_row(service, owner, model, x, x_ref, raw_batches, threads, n, batch
     try:
         ray.get([w.query.remote(x_ref, 0, batch) for w in ws])           # warm-up: one batch each
         service_pid, worker_pids = [_pid(service)], [_pid(w) for w in ws]
+
+        def cpu_now():   # CPU seconds of the service, the workers and the machine, and the clock
+            return _cpu_seconds(service_pid), _cpu_seconds(worker_pids), _machine_busy_seconds(), time.perf_counter()
+
         runs, latencies = [], []
         for _ in range(repeats):
             raw_now = max(raw_throughput(model, x, b, threads, 1) for b in raw_batches)   # paired raw
             log_from = len(ray.get(service.request_log.remote(owner)))
-            served0, fwd0, wall0, oncpu0 = _forward_totals(service, owner)
-            cpu0 = (_cpu_seconds(service_pid), _cpu_seconds(worker_pids), _machine_busy_seconds(), time.perf_counter())
+            served0, fwd0, wall0, oncpu0 = _served_totals(service, owner)
+            cpu0 = cpu_now()
             timed = ray.get([w.timed_query.remote(x_ref, int(lo), int(hi))
                              for w, lo, hi in zip(ws, bounds[:-1], bounds[1:])])
-            cpu1 = (_cpu_seconds(service_pid), _cpu_seconds(worker_pids), _machine_busy_seconds(), time.perf_counter())
-            served1, fwd1, wall1, oncpu1 = _forward_totals(service, owner)
+            cpu1 = cpu_now()
+            served1, fwd1, wall1, oncpu1 = _served_totals(service, owner)
             cores = [(b - a) / (cpu1[3] - cpu0[3]) for a, b in zip(cpu0[:3], cpu1[:3])]
             span = max(t[1] for t in timed) - min(t[0] for t in timed)
             sent = sum(t[2] for t in timed)
             latencies += [ms for t in timed for ms in t[3]]
             log = ray.get(service.request_log.remote(owner, log_from))
             served = {r["batch"]: r["served_batch_images"] for r in log}
-            busy = {r["batch"]: r["compute_ms"] / 1e3 for r in log}
             runs.append({"images": sent, "seconds": span, "images_per_s": sent / span,
                          "paired_ratio": sent / span / raw_now,
                          "mean_served_batch": float(np.mean(list(served.values()))),
                          "queue_ms_mean": float(np.mean([r["queue_ms"] for r in log])),
-                         "compute_busy": sum(busy.values()) / span,
+                         "compute_busy": (wall1 - wall0) / 1e3 / span,
                          "compute_on_cpu": (oncpu1 - oncpu0) / max(wall1 - wall0, 1e-9),
                          "cores_service": cores[0], "cores_workers": cores[1], "cores_machine": cores[2],
                          "forward_images_per_s": (served1 - served0) / max((fwd1 - fwd0) / 1e3, 1e-9)})

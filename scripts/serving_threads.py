@@ -41,6 +41,7 @@ def main() -> None:
     args = p.parse_args()
 
     from orchestrator.attackers import spawn_attackers
+    from orchestrator.bench import _pid
     from orchestrator.config import ServiceConfig
     from orchestrator.service import VictimSpec, service_actor
     from orchestrator.trial import _kill
@@ -52,7 +53,7 @@ def main() -> None:
     service, owner = service_actor(VictimSpec("lenet5", shape, 10),
                                    ray.put(build_model("lenet5", shape, 10, seed=0).state_dict()), None, cfg)
     ray.get(service.ready.remote())
-    pid = ray.get(service.__ray_call__.remote(lambda self: os.getpid()))
+    pid = _pid(service)
 
     def renice(self, value):   # runs in the service: the compute thread sets its own nice value
         import threading
